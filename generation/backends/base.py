@@ -1,0 +1,68 @@
+"""The seam between the worker and a model library.
+
+A backend turns a batch of :class:`GenerationTask` into waveforms. It runs on the
+worker's generation thread, never on the event loop, and reports back through a
+:class:`BatchListener` so that results can stream out as each job finishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from generation.jobs import SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """What a backend needs of one job."""
+
+    job_id: str
+    prompt: str
+    duration: float
+    seed: int
+    sampling: SamplingParams
+
+
+class BatchListener(Protocol):
+    """Called from the generation thread; implementations must be thread-safe and quick."""
+
+    def progress(self, job_id: str, done: int, total: int) -> None: ...
+
+    def finished(self, job_id: str, wav: np.ndarray) -> None:
+        """``wav`` is float32, shape (channels, samples), at the backend's sample rate."""
+
+    def failed(self, job_id: str, error: BaseException) -> None:
+        """Only this job failed (the rest of the batch goes on)."""
+
+    def is_cancelled(self, job_id: str) -> bool: ...
+
+
+class Backend(Protocol):
+    """A loaded-on-demand music model."""
+
+    model_id: str
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def max_duration(self) -> float: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None:
+        """Load the weights (slow, blocking). Raise :class:`~generation.errors.ModelLoadError`."""
+
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
+        """Generate every task in one batch.
+
+        Each job ends with exactly one ``finished`` or ``failed`` call, or by being
+        cancelled. An exception out of here concerns every job that has not ended yet.
+        """
+
+    def free_memory(self) -> None:
+        """Release cached accelerator memory after an out-of-memory error."""

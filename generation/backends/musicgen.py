@@ -1,0 +1,118 @@
+"""MusicGen through audiocraft: loaded once, lazily, on the worker's thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from generation.backends.base import BatchListener, GenerationTask
+from generation.errors import ModelLoadError
+from generation.models import HUB_MODELS, resolve_model_id
+
+if TYPE_CHECKING:
+    from audiocraft.models import MusicGen
+
+    from generation.backends.decoder import BatchDecoder
+
+log = logging.getLogger(__name__)
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was asked for but torch sees no GPU: use --device cpu, or check the driver")
+    return device
+
+
+def _load_hint(model_id: str) -> str:
+    if Path(model_id).exists():
+        return (
+            f"'{model_id}' should hold state_dict.bin and compression_state_dict.bin "
+            "(audiocraft's export format)"
+        )
+    if model_id not in HUB_MODELS:
+        return f"'{model_id}' is neither a local directory nor one of: {', '.join(HUB_MODELS)}"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "HF_HUB_OFFLINE=1 is set and the weights are not in the Hugging Face cache"
+    return "the weights could not be downloaded from the Hugging Face hub (no network?) and are not cached"
+
+
+class MusicGenBackend:
+    """An audiocraft MusicGen model behind the :class:`~generation.backends.base.Backend` protocol."""
+
+    def __init__(self, model_id: str, device: str = "auto", min_jobs: int | None = None) -> None:
+        self.model_id = resolve_model_id(model_id)
+        self.device_name = device
+        self._min_jobs = min_jobs
+        self._model: MusicGen | None = None
+        self._decoder: BatchDecoder | None = None
+
+    # -- Backend protocol ------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._require().sample_rate)
+
+    @property
+    def max_duration(self) -> float:
+        return float(self._require().max_duration)
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        from audiocraft.models import MusicGen  # heavy: imported only when a model is needed
+
+        from generation.backends.decoder import BatchDecoder
+
+        device = resolve_device(self.device_name)
+        log.info("loading %s on %s", self.model_id, device)
+        try:
+            model = MusicGen.get_pretrained(self.model_id, device=device)
+        except Exception as exc:
+            log.debug("loading %s failed", self.model_id, exc_info=True)
+            raise ModelLoadError(f"Could not load the model: {_load_hint(self.model_id)} ({exc}).") from exc
+        # A fixed row class gives bit-identical results on the CPU whatever the batch (see decoder.py).
+        min_jobs = self._min_jobs if self._min_jobs is not None else (2 if device == "cpu" else 1)
+        self._decoder = BatchDecoder(model, min_jobs=min_jobs)
+        self._model = model
+        log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)
+
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
+        decoder = self._require_decoder()
+        rows = []
+        with torch.no_grad():
+            for task in tasks:
+                try:
+                    with decoder.model.autocast:
+                        rows.append(decoder.prepare(task))
+                except Exception as exc:  # a prompt the conditioner cannot take fails alone
+                    if isinstance(exc, torch.cuda.OutOfMemoryError):
+                        raise
+                    log.exception("conditioning job %s failed", task.job_id)
+                    listener.failed(task.job_id, exc)
+            if rows:
+                decoder.run(rows, listener)
+
+    def free_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _require(self) -> MusicGen:
+        if self._model is None:
+            self.load()
+        assert self._model is not None
+        return self._model
+
+    def _require_decoder(self) -> BatchDecoder:
+        self._require()
+        assert self._decoder is not None
+        return self._decoder

@@ -1,0 +1,35 @@
+"""Every error the generation engine raises on purpose.
+
+Each carries a message written for the person who asked for the music: the bot and
+the CLI show ``str(error)`` as it is, so it never holds a traceback or internals.
+"""
+
+from __future__ import annotations
+
+
+class GenerationError(Exception):
+    """Base class: a failure with a message fit for users."""
+
+
+class InvalidJob(GenerationError):
+    """A request was refused before it was queued (bad prompt, duration, params)."""
+
+
+class ModelLoadError(GenerationError):
+    """The model could not be loaded (not cached offline, bad directory, no GPU...)."""
+
+
+class JobFailed(GenerationError):
+    """The job was accepted but could not be completed."""
+
+
+class JobCancelled(GenerationError):
+    """The job was cancelled before it finished."""
+
+
+class EncodeError(GenerationError):
+    """Audio could not be encoded (missing codec, or no bitrate fits the size cap)."""
+
+
+class EngineClosed(GenerationError):
+    """The engine is shutting down and takes no new jobs."""

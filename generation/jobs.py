@@ -1,0 +1,161 @@
+"""What a user asks for: a validated, immutable job request.
+
+Validation happens here, once, for every client (bot, CLI, remote worker), and
+every refusal is an :class:`~generation.errors.InvalidJob` with a plain message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import unicodedata
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from generation.errors import InvalidJob
+from generation.models import DEFAULT_MODEL, resolve_model_id
+
+PROMPT_MAX_CHARS = 300
+DEFAULT_MAX_DURATION = 30.0
+MIN_DURATION = 1.0
+SEED_MAX = 2**53 - 1  # what a Discord integer option and JSON can carry exactly
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+class OutputFormat(str, Enum):
+    OPUS = "opus"
+    MP3 = "mp3"
+    WAV = "wav"
+    FLAC = "flac"
+
+    @property
+    def lossless(self) -> bool:
+        return self in (OutputFormat.WAV, OutputFormat.FLAC)
+
+
+class Normalization(str, Enum):
+    """The normalisation strategies of audiocraft's ``audio_write`` that we offer."""
+
+    PEAK = "peak"
+    LOUDNESS = "loudness"
+    NONE = "none"
+
+
+def clean_prompt(text: str) -> str:
+    """Drop control and format characters (zero-width, bidi overrides), collapse spaces."""
+    kept = (" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+
+
+class SamplingParams(BaseModel):
+    """How tokens are drawn; each job in a batch keeps its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(1.0, description="0 means greedy decoding")
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_coef: float = 3.0
+
+    @field_validator("temperature", "cfg_coef")
+    @classmethod
+    def _finite_non_negative(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"must be a finite number >= 0 (got {value})")
+        return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0 (got {value})")
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"must be between 0 and 1 (got {value})")
+        return value
+
+
+class JobRequest(BaseModel):
+    """One prompt to render. Build it with :meth:`create` to get :class:`InvalidJob` errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    duration: float = 8.0
+    seed: int = Field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
+    sampling: SamplingParams = SamplingParams()
+    model: str = DEFAULT_MODEL
+    format: OutputFormat = OutputFormat.OPUS
+    bitrate_kbps: int | None = None
+    normalization: Normalization = Normalization.LOUDNESS
+    max_file_bytes: int | None = Field(None, gt=0, description="re-encode smaller until the file fits")
+    owner: str | None = Field(None, description="opaque to the engine: who asked")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        cleaned = clean_prompt(value)
+        if not cleaned:
+            raise ValueError("is empty: describe the music you want, e.g. 'lofi beat with soft piano'")
+        if len(cleaned) > PROMPT_MAX_CHARS:
+            raise ValueError(f"is {len(cleaned)} characters long; the limit is {PROMPT_MAX_CHARS}")
+        return cleaned
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: float, info: ValidationInfo) -> float:
+        max_duration = float((info.context or {}).get("max_duration", DEFAULT_MAX_DURATION))
+        if not math.isfinite(value) or not MIN_DURATION <= value <= max_duration:
+            raise ValueError(f"must be between {MIN_DURATION:g} and {max_duration:g} seconds (got {value:g})")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int) -> int:
+        if not 0 <= value <= SEED_MAX:
+            raise ValueError(f"must be between 0 and {SEED_MAX} (got {value})")
+        return value
+
+    @field_validator("bitrate_kbps")
+    @classmethod
+    def _bitrate(cls, value: int | None) -> int | None:
+        if value is not None and not 8 <= value <= 512:
+            raise ValueError(f"must be between 8 and 512 kbps (got {value})")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty")
+        return resolve_model_id(value)
+
+    @classmethod
+    def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:
+        """Validate ``fields``; raise :class:`InvalidJob` with one readable line per problem."""
+        try:
+            return cls.model_validate(fields, context={"max_duration": max_duration})
+        except ValidationError as exc:
+            raise InvalidJob(describe_validation_error(exc)) from None
+
+    @property
+    def batch_key(self) -> str:
+        """Jobs with equal keys may share one forward pass. Sampling is per job, so only the model counts."""
+        return self.model
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "request"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{where.replace('sampling.', '')}: {message}")
+    return "; ".join(lines)

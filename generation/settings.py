@@ -1,0 +1,38 @@
+"""The engine's settings, read from the environment (and ``.env``), validated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from generation.models import DEFAULT_MODEL, resolve_model_id
+
+MODEL_MAX_DURATION = 30.0  # MusicGen renders at most 30 s in one pass
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, validation_alias=AliasChoices("MUSICGEN_MODEL", "model"))
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=AliasChoices("JAMGEN_DEVICE", "device"))
+    max_batch: int = Field(8, ge=1, le=64, validation_alias=AliasChoices("JAMGEN_MAX_BATCH", "max_batch"))
+    max_duration: float = Field(
+        30.0, ge=1.0, le=MODEL_MAX_DURATION, validation_alias=AliasChoices("JAMGEN_MAX_DURATION", "max_duration")
+    )
+    batch_window: float = Field(
+        0.2, ge=0.0, le=5.0, validation_alias=AliasChoices("JAMGEN_BATCH_WINDOW", "batch_window"),
+        description="seconds the worker waits for companions once a job arrives",
+    )
+    progress_interval: float = Field(
+        0.5, gt=0.0, validation_alias=AliasChoices("JAMGEN_PROGRESS_INTERVAL", "progress_interval")
+    )
+    encode_threads: int = Field(2, ge=1, le=16, validation_alias=AliasChoices("JAMGEN_ENCODE_THREADS", "encode_threads"))
+    data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("JAMGEN_DATA_DIR", "data_dir"))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return resolve_model_id(value)

@@ -1,0 +1,83 @@
+"""The ``jamgen`` command: generate, doctor, make-test-model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from generation.errors import GenerationError
+from generation.jobs import Normalization, OutputFormat
+from generation.models import DEFAULT_MODEL, HUB_MODELS
+
+log = logging.getLogger("jamgen")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jamgen", description="Text to music with MusicGen.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="render prompts to audio files, in one batch")
+    gen.add_argument("prompts", nargs="+", help="one or more text prompts")
+    gen.add_argument("--duration", type=float, default=8.0, help="seconds of audio per prompt (default 8)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed, used for every prompt (default: random)")
+    gen.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"hub id ({', '.join(name.split('/')[1] for name in HUB_MODELS)}) or a local directory",
+    )
+    gen.add_argument("--format", choices=[f.value for f in OutputFormat], default="opus")
+    gen.add_argument("--bitrate", type=int, default=None, help="kbps for opus/mp3")
+    gen.add_argument("--normalize", choices=[n.value for n in Normalization], default="loudness")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=250)
+    gen.add_argument("--top-p", type=float, default=0.0)
+    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient")
+    gen.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    gen.add_argument("--max-batch", type=int, default=8)
+    gen.add_argument("-o", "--output", type=Path, default=Path("out"), help="directory for the files")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    doctor = commands.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
+    doctor.add_argument("--model", default=None, help="also try loading this model (default: MUSICGEN_MODEL)")
+    doctor.add_argument("--skip-model", action="store_true", help="do not try to load the model")
+
+    tiny = commands.add_parser("make-test-model", help="write a random-weight MusicGen checkpoint (offline demo)")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--scale", choices=["tiny", "small"], default="tiny")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "generate":
+            from jamgen.generate import run_generate
+
+            return asyncio.run(run_generate(args))
+        if args.command == "doctor":
+            from jamgen.doctor import run_doctor
+
+            return run_doctor(args.model, skip_model=args.skip_model)
+        from generation.backends.checkpoints import write_random_checkpoint
+
+        path = write_random_checkpoint(args.directory, scale=args.scale)
+        sys.stdout.write(f"wrote a random {args.scale} MusicGen checkpoint to {path}\n")
+        return 0
+    except GenerationError as exc:
+        sys.stderr.write(f"jamgen: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("jamgen: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

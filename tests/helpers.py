@@ -1,0 +1,106 @@
+"""Test doubles with the real backend's shape, and small helpers to read audio back."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import torch
+
+from generation.backends.base import Backend, BatchListener, GenerationTask
+from generation.backends.musicgen import MusicGenBackend
+
+
+@dataclass
+class RecordingListener:
+    """A BatchListener that keeps everything it is told; can cancel a job after some steps."""
+
+    cancel_after: dict[str, int] = field(default_factory=dict)
+    results: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    progress_log: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def progress(self, job_id: str, done: int, total: int) -> None:
+        self.progress_log.setdefault(job_id, []).append((done, total))
+
+    def finished(self, job_id: str, wav: np.ndarray) -> None:
+        self.results[job_id] = wav
+
+    def failed(self, job_id: str, error: BaseException) -> None:
+        self.errors[job_id] = error
+
+    def is_cancelled(self, job_id: str) -> bool:
+        steps = len(self.progress_log.get(job_id, []))
+        return job_id in self.cancel_after and steps >= self.cancel_after[job_id]
+
+
+class FaultyBackend:
+    """Wraps a real backend; ``fault(tasks)`` may raise before the batch runs. Records batch sizes."""
+
+    def __init__(self, inner: Backend, fault: Callable[[Sequence[GenerationTask]], None] | None = None) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.fault = fault
+        self.batches: list[list[str]] = []
+        self.freed = 0
+        self.lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    @property
+    def sample_rate(self) -> int:
+        return self.inner.sample_rate
+
+    @property
+    def max_duration(self) -> float:
+        return self.inner.max_duration
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
+        with self.lock:
+            self.batches.append([task.prompt for task in tasks])
+        if self.fault is not None:
+            self.fault(tasks)
+        self.inner.generate(tasks, listener)
+
+    def free_memory(self) -> None:
+        self.freed += 1
+
+
+def oom_over(limit: int) -> Callable[[Sequence[GenerationTask]], None]:
+    def fault(tasks: Sequence[GenerationTask]) -> None:
+        if len(tasks) > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    return fault
+
+
+def tiny_backend(model_dir: object, **kwargs: object) -> MusicGenBackend:
+    return MusicGenBackend(str(model_dir), device="cpu", **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    sample_rate: int
+    channels: int
+    duration: float
+    samples: np.ndarray
+
+
+def decode(data: bytes) -> Decoded:
+    """Decode a file's bytes back with PyAV (FFmpeg's decoders)."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray() for frame in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+    samples = np.concatenate([f.reshape(channels, -1) if f.shape[0] != channels else f for f in frames], axis=1)
+    return Decoded(rate, channels, samples.shape[1] / rate, samples)
