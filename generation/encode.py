@@ -112,25 +112,36 @@ def encode(wav: npt.NDArray[np.floating[Any]], sample_rate: int, options: Encode
 
 
 def normalize(wav: npt.NDArray[np.float32], sample_rate: int, strategy: Normalization) -> npt.NDArray[np.float32]:
-    """Apply audiocraft's ``normalize_audio`` the way ``audio_write`` does; the result lies in [-1, 1].
+    """Normalise as audiocraft's ``audio_write`` does; the result lies in [-1, 1].
 
     NaN becomes 0. Silence is left silent, and clips shorter than one loudness
     measurement block (400 ms) are peak-normalised instead of loudness-normalised.
+    Peak and none are plain numpy (audiocraft's formulas); only loudness needs torch
+    (audiocraft's ``normalize_audio``, BS.1770 through torchaudio). Torch work belongs on
+    the generation thread: a second thread running torch kernels gives libgomp a second
+    thread team, and then every decoding step pays for it (measured: 16 s -> 20 s for a
+    batch on this project's 2-core machine). The engine normalises there, and encodes
+    with :attr:`Normalization.NONE`.
     """
-    import torch  # imported here: heavy, and only needed once there is audio to write
+    audio = np.nan_to_num(np.asarray(wav, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    strategy = _effective_strategy(strategy, silent=peak == 0.0, seconds=audio.shape[-1] / sample_rate)
+    if strategy is Normalization.PEAK:
+        audio = audio * np.float32(10 ** (-PEAK_HEADROOM_DB / 20) / peak)
+    elif strategy is Normalization.LOUDNESS:
+        audio = _loudness(audio, sample_rate)
+    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+
+
+def _loudness(audio: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
+    import torch  # imported here: heavy, and only needed for loudness
     from audiocraft.data.audio_utils import normalize_audio
 
-    tensor = torch.from_numpy(np.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0))
-    strategy = _effective_strategy(strategy, silent=not bool(tensor.abs().max() > 0),
-                                   seconds=tensor.shape[-1] / sample_rate)
-    if strategy is Normalization.PEAK:
-        tensor = normalize_audio(tensor, strategy="peak", peak_clip_headroom_db=PEAK_HEADROOM_DB)
-    elif strategy is Normalization.LOUDNESS:
-        tensor = normalize_audio(tensor, strategy="loudness", sample_rate=sample_rate,
-                                 loudness_headroom_db=LOUDNESS_HEADROOM_DB, loudness_compressor=True)
-    else:  # only clip, at 0 dB, so quiet audio keeps its level
-        tensor = normalize_audio(tensor, normalize=False, strategy="clip", peak_clip_headroom_db=0.0)
-    return np.ascontiguousarray(tensor.clamp(-1.0, 1.0).numpy(), dtype=np.float32)
+    tensor = normalize_audio(
+        torch.from_numpy(audio), strategy="loudness", sample_rate=sample_rate,
+        loudness_headroom_db=LOUDNESS_HEADROOM_DB, loudness_compressor=True,
+    )
+    return tensor.numpy()
 
 
 def _effective_strategy(strategy: Normalization, *, silent: bool, seconds: float) -> Normalization:

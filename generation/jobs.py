@@ -45,10 +45,20 @@ class Normalization(str, Enum):
     NONE = "none"
 
 
+_JOINERS = frozenset("\u200c\u200d")  # needed by emoji sequences and Persian / Indic words
+
+
+def _keep(ch: str) -> bool:
+    return ch.isspace() or ch in _JOINERS or unicodedata.category(ch)[0] != "C"
+
+
 def clean_prompt(text: str) -> str:
-    """Drop control and format characters (zero-width, bidi overrides), collapse spaces."""
-    kept = (" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
-    return _WHITESPACE.sub(" ", "".join(kept)).strip()
+    """Drop control and format characters (zero-width spaces, bidi overrides), collapse spaces."""
+    kept = (" " if ch.isspace() else ch for ch in text if _keep(ch))
+    collapsed = _WHITESPACE.sub(" ", "".join(kept))
+    joiners = "".join(_JOINERS)
+    words = (word.strip(joiners) for word in collapsed.split(" "))  # a joiner only joins inside a word
+    return " ".join(word for word in words if word)
 
 
 class SamplingParams(BaseModel):
@@ -89,8 +99,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str
-    duration: float = 8.0
-    seed: int = Field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
+    duration: float = Field(8.0, strict=True)
+    seed: int = Field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1), strict=True)
     sampling: SamplingParams = SamplingParams()
     model: str = DEFAULT_MODEL
     format: OutputFormat = OutputFormat.OPUS
@@ -141,6 +151,8 @@ class JobRequest(BaseModel):
     @classmethod
     def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:
         """Validate ``fields``; raise :class:`InvalidJob` with one readable line per problem."""
+        if not math.isfinite(max_duration) or max_duration < MIN_DURATION:
+            raise ValueError(f"max_duration must be a number >= {MIN_DURATION:g}, got {max_duration}")
         try:
             return cls.model_validate(fields, context={"max_duration": max_duration})
         except ValidationError as exc:

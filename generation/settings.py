@@ -29,7 +29,13 @@ class EngineSettings(BaseSettings):
     progress_interval: float = Field(
         0.5, gt=0.0, validation_alias=AliasChoices("JAMGEN_PROGRESS_INTERVAL", "progress_interval")
     )
-    encode_threads: int = Field(2, ge=1, le=16, validation_alias=AliasChoices("JAMGEN_ENCODE_THREADS", "encode_threads"))
+    encode_threads: int = Field(
+        2, ge=1, le=16, validation_alias=AliasChoices("JAMGEN_ENCODE_THREADS", "encode_threads")
+    )
+    min_batch_rows: int = Field(
+        1, ge=1, le=64, validation_alias=AliasChoices("JAMGEN_MIN_BATCH_ROWS", "min_batch_rows"),
+        description="pad each forward pass to this many jobs: 2 makes CPU results bit-identical at any batch size",
+    )
     data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("JAMGEN_DATA_DIR", "data_dir"))
 
     @field_validator("model")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -23,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from generation.backends.base import Backend, GenerationTask
-from generation.encode import EncodeOptions, encode
+from generation.encode import EncodeOptions, encode, normalize
 from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress, Queued, Started
-from generation.jobs import JobRequest
+from generation.jobs import JobRequest, Normalization
 from generation.queue import FifoQueue, JobQueue
 from generation.settings import EngineSettings
 
@@ -43,6 +44,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def new_error_id() -> str:
     return secrets.token_hex(4)
+
+
+def _load(backend: Backend) -> None:
+    """Load on the generation thread; then move the model's objects out of the GC's way.
+
+    A full collection over a freshly loaded model's Python objects holds the GIL for
+    ~0.2 s, a stall the event loop (and Discord's heartbeat) would feel.
+    """
+    if not backend.loaded:
+        backend.load()
+        gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,16 @@ class _Listener:
 
     def finished(self, job_id: str, wav: np.ndarray) -> None:
         self.ended.add(job_id)
-        self._loop.call_soon_threadsafe(self._engine._on_generated, job_id, wav, self._backend.sample_rate)
+        sample_rate = self._backend.sample_rate
+        handle = self._engine._handles.get(job_id)
+        if handle is None:  # cancelled meanwhile
+            return
+        try:  # normalising needs torch, and torch work stays on this thread (see encode.normalize)
+            wav = normalize(wav, sample_rate, handle.request.normalization)
+        except Exception as exc:
+            self.failed(job_id, exc)
+            return
+        self._loop.call_soon_threadsafe(self._engine._on_generated, job_id, wav, sample_rate)
 
     def failed(self, job_id: str, error: BaseException) -> None:
         self.ended.add(job_id)
@@ -142,7 +163,7 @@ class Engine:
     async def warm_up(self, model: str | None = None) -> None:
         """Load a model now rather than on its first job (raises :class:`ModelLoadError`)."""
         backend = self._backend(model or self.settings.model)
-        await self.loop.run_in_executor(self._gpu, backend.load)
+        await self.loop.run_in_executor(self._gpu, _load, backend)
 
     # -- the public API ------------------------------------------------------------------
     def submit(self, request: JobRequest) -> JobHandle:
@@ -204,7 +225,7 @@ class Engine:
 
     @staticmethod
     def _generate(backend: Backend, tasks: list[GenerationTask], listener: _Listener) -> None:
-        backend.load()
+        _load(backend)
         backend.generate(tasks, listener)
 
     async def _recover(self, backend: Backend, handles: list[JobHandle], exc: Exception) -> None:
@@ -263,7 +284,8 @@ class Engine:
 
     async def _encode(self, handle: JobHandle, wav: np.ndarray, sample_rate: int) -> None:
         request = handle.request
-        options = EncodeOptions(request.format, request.bitrate_kbps, request.normalization, request.max_file_bytes)
+        # already normalised on the generation thread
+        options = EncodeOptions(request.format, request.bitrate_kbps, Normalization.NONE, request.max_file_bytes)
         try:
             audio = await self.loop.run_in_executor(self._encoders, encode, wav, sample_rate, options)
         except Exception as exc:
@@ -284,7 +306,7 @@ class Engine:
     def _musicgen(self, model_id: str) -> Backend:
         from generation.backends.musicgen import MusicGenBackend
 
-        return MusicGenBackend(model_id, device=self.settings.device)
+        return MusicGenBackend(model_id, device=self.settings.device, min_jobs=self.settings.min_batch_rows)
 
     def _announce_positions(self) -> None:
         positions = self._queue.positions()

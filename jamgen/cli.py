@@ -26,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--duration", type=float, default=8.0, help="seconds of audio per prompt (default 8)")
     gen.add_argument("--seed", type=int, default=None, help="random seed, used for every prompt (default: random)")
     gen.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help=f"hub id ({', '.join(name.split('/')[1] for name in HUB_MODELS)}) or a local directory",
+        "--model", default=None,
+        help=f"hub id ({', '.join(name.split('/')[1] for name in HUB_MODELS)}) or a local directory"
+        f" (default: MUSICGEN_MODEL, else {DEFAULT_MODEL})",
     )
     gen.add_argument("--format", choices=[f.value for f in OutputFormat], default="opus")
     gen.add_argument("--bitrate", type=int, default=None, help="kbps for opus/mp3")
@@ -36,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=250)
     gen.add_argument("--top-p", type=float, default=0.0)
     gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient")
-    gen.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    gen.add_argument("--max-batch", type=int, default=8)
+    gen.add_argument(
+        "--device", choices=["auto", "cuda", "cpu"], default=None, help="default: JAMGEN_DEVICE, else auto"
+    )
+    gen.add_argument("--max-batch", type=int, default=None, help="default: JAMGEN_MAX_BATCH, else 8")
     gen.add_argument("-o", "--output", type=Path, default=Path("out"), help="directory for the files")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -49,7 +49,8 @@ def check_ffmpeg() -> Check:
     binary = shutil.which("ffmpeg")
     if missing or binary is None:
         problems = ", ".join(missing) if missing else "the ffmpeg command"
-        return Check("ffmpeg", False, f"missing: {problems}", "sudo apt-get install ffmpeg (then rerun scripts/setup.sh)")
+        fix = "sudo apt-get install ffmpeg (then rerun scripts/setup.sh)"
+        return Check("ffmpeg", False, f"missing: {problems}", fix)
     return Check("ffmpeg", True, f"{binary}; encoders for opus, mp3, wav and flac")
 
 

@@ -24,10 +24,10 @@ def output_name(index: int, prompt: str, audio: EncodedAudio) -> str:
     return f"{index:02d}-{slug}{audio.extension}"
 
 
-def build_requests(args: argparse.Namespace, max_duration: float) -> list[JobRequest]:
+def build_requests(args: argparse.Namespace, model: str, max_duration: float) -> list[JobRequest]:
     common = {
         "duration": args.duration,
-        "model": args.model,
+        "model": model,
         "format": args.format,
         "bitrate_kbps": args.bitrate,
         "normalization": args.normalize,
@@ -67,10 +67,9 @@ async def _follow(handle: JobHandle, bar: _Bar) -> EncodedAudio:
 
 
 async def run_generate(args: argparse.Namespace) -> int:
-    settings = EngineSettings(
-        model=args.model, device=args.device, max_batch=max(args.max_batch, 1), batch_window=0.0
-    )
-    requests = build_requests(args, settings.max_duration)
+    overrides = {"model": args.model, "device": args.device, "max_batch": args.max_batch}
+    settings = EngineSettings(batch_window=0.0, **{k: v for k, v in overrides.items() if v is not None})
+    requests = build_requests(args, settings.model, settings.max_duration)
     args.output.mkdir(parents=True, exist_ok=True)
     bar = _Bar(enabled=not args.no_progress)
     async with Engine(settings) as engine:

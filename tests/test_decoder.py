@@ -53,7 +53,7 @@ def test_loads_through_get_pretrained(backend: MusicGenBackend, tiny_words_model
 
 def test_prompts_really_have_different_token_lengths(backend: MusicGenBackend) -> None:
     conditioner = backend._require().lm.condition_provider.conditioners["description"]
-    tokens, mask = conditioner.tokenize([SHORT.prompt, LONG.prompt])
+    _, mask = conditioner.tokenize([SHORT.prompt, LONG.prompt])
     lengths = mask.sum(dim=1).tolist()
     assert lengths[0] < lengths[1], lengths
 

@@ -95,12 +95,13 @@ async def test_jobs_waiting_together_share_one_batch(shared_backends: dict[str, 
 async def test_different_models_never_share_a_batch(
     shared_backends: dict[str, Backend], tiny_model_dir: Path, tiny_words_model_dir: Path
 ) -> None:
+    words_id = str(tiny_words_model_dir.resolve())
     engine, backends = make_engine(shared_backends)
     async with engine:
         handles = [engine.submit(job(d, f"p{i}")) for i, d in enumerate([tiny_model_dir, tiny_words_model_dir] * 2)]
         await asyncio.gather(*(h.result() for h in handles))
     assert backends[str(tiny_model_dir)].batches == [["p0", "p2"]]
-    assert backends[str(tiny_words_model_dir.resolve())].batches == [["p1", "p3"]]
+    assert backends[words_id].batches == [["p1", "p3"]]
 
 
 async def test_batched_result_equals_the_job_alone(engine: Engine, tiny_model_dir: Path) -> None:
@@ -158,7 +159,7 @@ async def test_out_of_memory_alone_fails_clearly_and_the_worker_survives(
 
     engine, _ = make_engine(shared_backends, fault=oom_first_two)
     async with engine:
-        with pytest.raises(JobFailed, match="Out of GPU memory.*shorter duration"):
+        with pytest.raises(JobFailed, match=r"Out of GPU memory.*shorter duration"):
             await engine.submit(job(tiny_model_dir)).result()
         assert (await engine.submit(job(tiny_model_dir)).result()).data
 
@@ -184,7 +185,7 @@ async def test_a_model_that_cannot_load_says_why(tmp_path: Path, shared_backends
     empty.mkdir()
     engine, _ = make_engine(shared_backends)
     async with engine:
-        with pytest.raises(JobFailed, match="state_dict.bin"):
+        with pytest.raises(JobFailed, match=r"state_dict\.bin"):
             await engine.submit(job(empty)).result()
 
 

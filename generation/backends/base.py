@@ -7,8 +7,9 @@ worker's generation thread, never on the event loop, and reports back through a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

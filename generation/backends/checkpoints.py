@@ -36,7 +36,9 @@ _BASE: dict[str, Any] = {
     "dtype": "float32",
     "dataset": {"segment_duration": 30},
     "lm_model": "transformer_lm",
-    "codebooks_pattern": {"modeling": "delay", "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0}},
+    "codebooks_pattern": {
+        "modeling": "delay", "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0},
+    },
     "transformer_lm": {
         "n_q": 4, "card": 2048, "hidden_scale": 4, "dropout": 0.0, "emb_lr": None, "activation": "gelu",
         "norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False, "past_context": None,

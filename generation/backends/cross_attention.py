@@ -19,12 +19,14 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from generation.backends.fast_linear import linear
+
 
 @dataclass
 class RowGroup:
     """Rows (of the doubled CFG batch) whose text has the same length, with their K/V."""
 
-    rows: torch.Tensor  # long [n]
+    rows: torch.Tensor | None  # long [n]; None: every row of the batch, in order
     keys: torch.Tensor  # [n, heads, T, d] or [n, T, heads, d], as the layer's layout
     values: torch.Tensor
 
@@ -45,7 +47,7 @@ class JobCrossAttention(nn.Module):
         dim = self.inner.in_proj_weight.shape[0] // 3
         weight = self.inner.in_proj_weight[part * dim : (part + 1) * dim]
         bias = None if self.inner.in_proj_bias is None else self.inner.in_proj_bias[part * dim : (part + 1) * dim]
-        return F.linear(x, weight, bias)
+        return linear(x, weight, bias)
 
     def project_text(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values for a job's text embedding [rows, T, D]: done once per job."""
@@ -68,10 +70,14 @@ class JobCrossAttention(nn.Module):
         q = self._split(q)
         if self.inner.attention_as_float32:
             q = q.float()
-        out = torch.empty_like(q)
-        for group in self.groups:
-            attended = F.scaled_dot_product_attention(q.index_select(0, group.rows), group.keys, group.values)
-            out.index_copy_(0, group.rows, attended)
+        if len(self.groups) == 1 and self.groups[0].rows is None:  # one text length: no gather
+            out = F.scaled_dot_product_attention(q, self.groups[0].keys, self.groups[0].values)
+        else:
+            out = torch.empty_like(q)
+            for group in self.groups:
+                assert group.rows is not None
+                attended = F.scaled_dot_product_attention(q.index_select(0, group.rows), group.keys, group.values)
+                out.index_copy_(0, group.rows, attended)
         x = rearrange(out.to(dtype), f"{self._layout} -> b t (h d)", h=self.inner.num_heads)
         return self.inner.out_proj(x), None
 

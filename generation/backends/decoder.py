@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from audiocraft.models.musicgen import MusicGen
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditionType
 from audiocraft.modules.streaming import StreamingModule
 
-from generation.backends import cross_attention
+from generation.backends import cross_attention, fast_linear, self_attention
 from generation.backends.base import BatchListener, GenerationTask
 from generation.backends.sampling import sample_next_token
 
@@ -71,6 +71,10 @@ class BatchDecoder:
         self.lm = model.lm
         self.min_jobs = max(1, min_jobs)
         self.layers = cross_attention.install(self.lm.transformer)
+        self.self_attention = self_attention.install(self.lm.transformer)
+        if next(iter(self.lm.parameters())).device.type == "cpu":  # the decode loop's layers only
+            fast_linear.install(self.lm.transformer)
+            fast_linear.install(self.lm.linears)
         cond2fuse = self.lm.fuser.cond2fuse
         self.cross_names = [name for name, op in cond2fuse.items() if op == "cross"]
         if self.lm.two_step_cfg:
@@ -128,7 +132,8 @@ class BatchDecoder:
             for members in by_length.values():
                 order = [(i, 0) for i in members] + [(i, 1) for i in members]  # cond rows, then null rows
                 device = rows[members[0]].sequence.device
-                row_ids = torch.tensor([i + count * half for i, half in order], device=device)
+                ids = [i + count * half for i, half in order]
+                row_ids = None if ids == list(range(2 * count)) else torch.tensor(ids, device=device)
                 keys = torch.cat([rows[i].text_kv[layer_index][0][half : half + 1] for i, half in order])
                 values = torch.cat([rows[i].text_kv[layer_index][1][half : half + 1] for i, half in order])
                 groups.append(cross_attention.RowGroup(row_ids, keys, values))
@@ -223,6 +228,8 @@ class BatchDecoder:
         sequences = torch.cat(
             [torch.nn.functional.pad(row.sequence, (0, length - row.sequence.shape[-1]), value=special) for row in rows]
         )
+        for attention in self.self_attention:
+            attention.start(capacity=length)
         try:
             with self.lm.streaming():
                 self._set_text(rows)
@@ -243,3 +250,5 @@ class BatchDecoder:
         finally:
             for layer in self.layers:
                 layer.groups = None
+            for attention in self.self_attention:
+                attention.stop()

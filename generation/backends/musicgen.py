@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,10 +43,20 @@ def _load_hint(model_id: str) -> str:
     return "the weights could not be downloaded from the Hugging Face hub (no network?) and are not cached"
 
 
+def _fuse_weight_norm(module: torch.nn.Module) -> None:
+    """EnCodec's convolutions recompute ``g * v / |v|`` at every call; inference needs it once.
+
+    The fused weight is the same tensor the hook computes, so the audio is bit-identical.
+    """
+    for child in module.modules():
+        if hasattr(child, "weight_g"):
+            torch.nn.utils.remove_weight_norm(child)
+
+
 class MusicGenBackend:
     """An audiocraft MusicGen model behind the :class:`~generation.backends.base.Backend` protocol."""
 
-    def __init__(self, model_id: str, device: str = "auto", min_jobs: int | None = None) -> None:
+    def __init__(self, model_id: str, device: str = "auto", min_jobs: int = 1) -> None:
         self.model_id = resolve_model_id(model_id)
         self.device_name = device
         self._min_jobs = min_jobs
@@ -79,9 +90,8 @@ class MusicGenBackend:
         except Exception as exc:
             log.debug("loading %s failed", self.model_id, exc_info=True)
             raise ModelLoadError(f"Could not load the model: {_load_hint(self.model_id)} ({exc}).") from exc
-        # A fixed row class gives bit-identical results on the CPU whatever the batch (see decoder.py).
-        min_jobs = self._min_jobs if self._min_jobs is not None else (2 if device == "cpu" else 1)
-        self._decoder = BatchDecoder(model, min_jobs=min_jobs)
+        _fuse_weight_norm(model.compression_model)
+        self._decoder = BatchDecoder(model, min_jobs=self._min_jobs)
         self._model = model
         log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)
 

@@ -1,0 +1,174 @@
+"""The real ``jamgen`` command, run as a subprocess against a tiny random MusicGen checkpoint.
+
+Every model run costs an interpreter start (~5 s of imports) plus CPU decoding, so the
+generated batches are module fixtures shared by the tests that read them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import decode
+
+JAMGEN = Path(sys.executable).with_name("jamgen")
+PROMPTS = ("lofi slow bpm electro chill", "crazy EDM, heavy bang")
+SEED = "42"
+DURATION = 2.0
+RUN_TIMEOUT_S = 280
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def jamgen(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script offline, on the CPU, away from any stray .env or settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAMGEN_", "MUSICGEN_"))}
+    env.update(HF_HUB_OFFLINE="1", JAMGEN_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [str(JAMGEN), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+    )
+
+
+def generate(
+    model: Path, out: Path, *extra: str, prompts: tuple[str, ...] = PROMPTS
+) -> subprocess.CompletedProcess[str]:
+    return jamgen(
+        "generate", *prompts, "--duration", str(DURATION), "--seed", SEED, "--model", model,
+        "--device", "cpu", "-o", out, *extra, cwd=out.parent,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@dataclass(frozen=True)
+class Batch:
+    result: subprocess.CompletedProcess[str]
+    files: list[Path]
+
+
+def run_batch(model: Path, out: Path, *extra: str, prompts: tuple[str, ...] = PROMPTS) -> Batch:
+    result = ok(generate(model, out, *extra, prompts=prompts))
+    return Batch(result, sorted(out.iterdir()))
+
+
+@pytest.fixture(scope="module")
+def opus_batch(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    return run_batch(tiny_model_dir, tmp_path_factory.mktemp("opus") / "out", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def wav_batch(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    """With the progress bar on."""
+    return run_batch(tiny_model_dir, tmp_path_factory.mktemp("wav") / "out", "--format", "wav")
+
+
+def test_generate_writes_one_opus_file_per_prompt(opus_batch: Batch) -> None:
+    names = [path.name for path in opus_batch.files]
+    assert names == ["01-lofi-slow-bpm-electro-chill.opus", "02-crazy-edm-heavy-bang.opus"]
+    for path in opus_batch.files:
+        audio = decode(path.read_bytes())
+        assert audio.sample_rate == 48000
+        assert audio.duration == pytest.approx(DURATION, abs=0.03)
+        assert str(path) in opus_batch.result.stdout
+    assert f"seed {SEED}" in opus_batch.result.stdout
+    assert "generating" not in opus_batch.result.stderr  # --no-progress
+
+
+def test_progress_bar_goes_to_stderr(wav_batch: Batch) -> None:
+    assert "generating" in wav_batch.result.stderr
+    assert "100%" in wav_batch.result.stderr
+    assert "generating" not in wav_batch.result.stdout
+
+
+def test_wav_format(wav_batch: Batch) -> None:
+    assert [path.suffix for path in wav_batch.files] == [".wav", ".wav"]
+    for path in wav_batch.files:
+        audio = decode(path.read_bytes())
+        assert audio.sample_rate == 32000
+        assert audio.duration == pytest.approx(DURATION, abs=0.03)
+    first, second = (path.read_bytes() for path in wav_batch.files)
+    assert first != second  # each prompt gets its own music, even with the same seed
+
+
+def test_mp3_format(tiny_model_dir: Path, tmp_path: Path) -> None:
+    batch = run_batch(tiny_model_dir, tmp_path / "out", "--format", "mp3", "--no-progress", prompts=PROMPTS[:1])
+    assert [path.name for path in batch.files] == ["01-lofi-slow-bpm-electro-chill.mp3"]
+    audio = decode(batch.files[0].read_bytes())
+    assert audio.sample_rate == 32000
+    assert audio.duration == pytest.approx(DURATION, abs=0.03)
+
+
+def test_same_seed_same_bytes_and_batching_never_changes_the_music(
+    wav_batch: Batch, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    again = run_batch(tiny_model_dir, tmp_path / "again", "--format", "wav", "--no-progress")
+    assert [path.name for path in again.files] == [path.name for path in wav_batch.files]
+    for before, after in zip(wav_batch.files, again.files, strict=True):
+        assert before.read_bytes() == after.read_bytes(), f"{after.name} differs between two identical runs"
+
+    alone = run_batch(tiny_model_dir, tmp_path / "alone", "--format", "wav", "--no-progress", prompts=PROMPTS[:1])
+    assert [path.name for path in alone.files] == [wav_batch.files[0].name]
+    assert alone.files[0].read_bytes() == wav_batch.files[0].read_bytes(), "batching changed the first job's music"
+
+
+def test_too_long_duration_is_refused_before_loading(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = jamgen("generate", "lofi", "--duration", "45", "--model", tmp_path, "-o", out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "duration" in result.stderr
+    assert "30" in result.stderr
+    assert "usage:" not in result.stderr  # refused by the job validation, not by argparse (also exit 2)
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_checkpoint_fails_with_a_plain_message(tmp_path: Path) -> None:
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    result = jamgen("generate", "lofi", "--duration", "2", "--model", empty, "--device", "cpu",
+                    "-o", out, "--no-progress", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "failed" in result.stderr
+    assert "state_dict.bin" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(out.iterdir())
+
+
+def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = ok(jamgen("doctor", "--model", tiny_model_dir, cwd=tmp_path))
+    lines = result.stdout.strip().splitlines()
+    for name in ("python", "torch", "ffmpeg", "settings", "disk", "model"):
+        assert any(line.startswith(f"[ok ] {name}: ") for line in lines), f"no ok line for {name}:\n{result.stdout}"
+    assert "FIX" not in result.stdout
+    assert lines[-1] == "all good"
+
+
+def test_doctor_names_the_fix_for_a_bad_model(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = jamgen("doctor", "--model", empty, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    model_lines = [i for i, line in enumerate(lines) if line.startswith("[FIX] model: ")]
+    assert len(model_lines) == 1, result.stdout
+    assert "state_dict.bin" in lines[model_lines[0]]
+    assert lines[model_lines[0] + 1].strip().startswith("-> ")
+    assert lines[-1] != "all good"
+    assert "Traceback" not in result.stderr
+
+
+def test_make_test_model(tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    result = ok(jamgen("make-test-model", target, cwd=tmp_path))
+    assert (target / "state_dict.bin").stat().st_size > 0
+    assert (target / "compression_state_dict.bin").stat().st_size > 0
+    assert str(target) in result.stdout
