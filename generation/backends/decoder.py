@@ -228,6 +228,9 @@ class BatchDecoder:
         sequences = torch.cat(
             [torch.nn.functional.pad(row.sequence, (0, length - row.sequence.shape[-1]), value=special) for row in rows]
         )
+        for row in rows:  # every job's total up front, so a client can show one overall bar
+            if row.task is not None:
+                listener.progress(row.task.job_id, 0, row.last_step)
         for attention in self.self_attention:
             attention.start(capacity=length)
         try:
