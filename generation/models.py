@@ -26,8 +26,3 @@ def resolve_model_id(name: str) -> str:
         return str(path.resolve())
     short = f"facebook/musicgen-{name}"
     return short if short in HUB_MODELS else name
-
-
-def describe_model(model_id: str) -> str:
-    """A short name for messages: the hub id, or a local directory's name."""
-    return model_id if model_id in HUB_MODELS else Path(model_id).name or model_id

@@ -191,10 +191,6 @@ class Engine:
     def get(self, job_id: str) -> JobHandle | None:
         return self._handles.get(job_id)
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     # -- the serving loop ------------------------------------------------------------------
     async def _serve(self) -> None:
         while True:

@@ -58,10 +58,6 @@ class _Row:
         if self.task is None:
             self.active = False
 
-    @property
-    def job_id(self) -> str:
-        return self.task.job_id if self.task else "<filler>"
-
 
 class BatchDecoder:
     """Runs one batch through ``model``'s LM with per-job state. Used on one thread at a time."""
