@@ -45,7 +45,7 @@ class Normalization(str, Enum):
     NONE = "none"
 
 
-_JOINERS = frozenset("\u200c\u200d")  # needed by emoji sequences and Persian / Indic words
+_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ: needed by emoji sequences and Persian / Indic words
 
 
 def _keep(ch: str) -> bool:
@@ -56,8 +56,7 @@ def clean_prompt(text: str) -> str:
     """Drop control and format characters (zero-width spaces, bidi overrides), collapse spaces."""
     kept = (" " if ch.isspace() else ch for ch in text if _keep(ch))
     collapsed = _WHITESPACE.sub(" ", "".join(kept))
-    joiners = "".join(_JOINERS)
-    words = (word.strip(joiners) for word in collapsed.split(" "))  # a joiner only joins inside a word
+    words = (word.strip(_JOINERS) for word in collapsed.split(" "))  # a joiner only joins inside a word
     return " ".join(word for word in words if word)
 
 

@@ -26,7 +26,7 @@ from generation.backends.fast_linear import linear
 class RowGroup:
     """Rows (of the doubled CFG batch) whose text has the same length, with their K/V."""
 
-    rows: torch.Tensor | None  # long [n]; None: every row of the batch, in order
+    rows: torch.Tensor  # long [n]
     keys: torch.Tensor  # [n, heads, T, d] or [n, T, heads, d], as the layer's layout
     values: torch.Tensor
 
@@ -70,14 +70,10 @@ class JobCrossAttention(nn.Module):
         q = self._split(q)
         if self.inner.attention_as_float32:
             q = q.float()
-        if len(self.groups) == 1 and self.groups[0].rows is None:  # one text length: no gather
-            out = F.scaled_dot_product_attention(q, self.groups[0].keys, self.groups[0].values)
-        else:
-            out = torch.empty_like(q)
-            for group in self.groups:
-                assert group.rows is not None
-                attended = F.scaled_dot_product_attention(q.index_select(0, group.rows), group.keys, group.values)
-                out.index_copy_(0, group.rows, attended)
+        out = torch.empty_like(q)
+        for group in self.groups:
+            attended = F.scaled_dot_product_attention(q.index_select(0, group.rows), group.keys, group.values)
+            out.index_copy_(0, group.rows, attended)
         x = rearrange(out.to(dtype), f"{self._layout} -> b t (h d)", h=self.inner.num_heads)
         return self.inner.out_proj(x), None
 

@@ -128,8 +128,7 @@ class BatchDecoder:
             for members in by_length.values():
                 order = [(i, 0) for i in members] + [(i, 1) for i in members]  # cond rows, then null rows
                 device = rows[members[0]].sequence.device
-                ids = [i + count * half for i, half in order]
-                row_ids = None if ids == list(range(2 * count)) else torch.tensor(ids, device=device)
+                row_ids = torch.tensor([i + count * half for i, half in order], device=device)
                 keys = torch.cat([rows[i].text_kv[layer_index][0][half : half + 1] for i, half in order])
                 values = torch.cat([rows[i].text_kv[layer_index][1][half : half + 1] for i, half in order])
                 groups.append(cross_attention.RowGroup(row_ids, keys, values))

@@ -43,16 +43,6 @@ def _load_hint(model_id: str) -> str:
     return "the weights could not be downloaded from the Hugging Face hub (no network?) and are not cached"
 
 
-def _fuse_weight_norm(module: torch.nn.Module) -> None:
-    """EnCodec's convolutions recompute ``g * v / |v|`` at every call; inference needs it once.
-
-    The fused weight is the same tensor the hook computes, so the audio is bit-identical.
-    """
-    for child in module.modules():
-        if hasattr(child, "weight_g"):
-            torch.nn.utils.remove_weight_norm(child)
-
-
 class MusicGenBackend:
     """An audiocraft MusicGen model behind the :class:`~generation.backends.base.Backend` protocol."""
 
@@ -90,7 +80,6 @@ class MusicGenBackend:
         except Exception as exc:
             log.debug("loading %s failed", self.model_id, exc_info=True)
             raise ModelLoadError(f"Could not load the model: {_load_hint(self.model_id)} ({exc}).") from exc
-        _fuse_weight_norm(model.compression_model)
         self._decoder = BatchDecoder(model, min_jobs=self._min_jobs)
         self._model = model
         log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)

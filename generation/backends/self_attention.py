@@ -76,19 +76,12 @@ class CachedSelfAttention(nn.Module):
         keys, values = keys[:, :, :end], values[:, :, :end]
         if inner.attention_as_float32:
             q, keys, values = q.float(), keys.float(), values.float()
-        x = _attend(q, keys, values, mask)
+        # With no mask for a single-step query torch can pick its fused kernel; stock audiocraft's
+        # causal call on a grown cache takes the math path, which writes a scaled, transposed copy
+        # of every layer's keys at every step.
+        x = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = rearrange(x.to(query.dtype), "b h t d -> b t (h d)")
         return inner.out_proj(x), None
-
-
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax attention on the cache's views.
-
-    A single-step query needs no mask, which lets torch pick its fused kernel; stock
-    audiocraft's causal call on a grown cache falls to the math path instead, which
-    writes a scaled, transposed copy of every layer's keys at every step.
-    """
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
 def install(transformer: nn.Module) -> list[CachedSelfAttention]:
