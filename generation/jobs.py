@@ -11,6 +11,7 @@ import re
 import secrets
 import unicodedata
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -107,6 +108,9 @@ class JobRequest(BaseModel):
     normalization: Normalization = Normalization.LOUDNESS
     max_file_bytes: int | None = Field(None, gt=0, description="re-encode smaller until the file fits")
     owner: str | None = Field(None, description="opaque to the engine: who asked")
+    continue_from: str | None = Field(
+        None, description="an audio file to extend; then ``duration`` is the seconds to add to it"
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -147,6 +151,17 @@ class JobRequest(BaseModel):
             raise ValueError("is empty")
         return resolve_model_id(value)
 
+    @field_validator("continue_from")
+    @classmethod
+    def _continue_from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty: give the path of the audio file to extend")
+        if not Path(value).is_file():
+            raise ValueError("the clip to extend no longer exists (it may have been cleaned up)")
+        return value
+
     @classmethod
     def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:
         """Validate ``fields``; raise :class:`InvalidJob` with one readable line per problem."""
@@ -159,7 +174,12 @@ class JobRequest(BaseModel):
 
     @property
     def batch_key(self) -> str:
-        """Jobs with equal keys may share one forward pass. Sampling is per job, so only the model counts."""
+        """Jobs with equal keys may share one forward pass. Sampling is per job, so only the model counts.
+
+        A continuation runs alone (stock audiocraft, its own audio prompt), so its key is its own.
+        """
+        if self.continue_from is not None:
+            return f"{self.model}|continue|{self.continue_from}|{self.seed}"
         return self.model
 
 

@@ -29,6 +29,7 @@ from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLo
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
 from generation.queue import FifoQueue, JobQueue
+from generation.scheduler import Throughput
 from generation.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class _Pending:
     @property
     def batch_key(self) -> str:
         return self.handle.request.batch_key
+
+    @property
+    def owner(self) -> str | None:
+        return self.handle.request.owner
 
 
 class _Listener:
@@ -132,6 +137,7 @@ class Engine:
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jamgen-generate")
         self._encoders = ThreadPoolExecutor(self.settings.encode_threads, thread_name_prefix="jamgen-encode")
         self._closing = False
+        self.throughput = Throughput()
         self.loop: asyncio.AbstractEventLoop
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -191,6 +197,14 @@ class Engine:
     def get(self, job_id: str) -> JobHandle | None:
         return self._handles.get(job_id)
 
+    def positions(self) -> dict[str, int]:
+        """Queued job id -> 1-based position in the order jobs will start."""
+        return self._queue.positions()
+
+    def jobs(self) -> list[JobHandle]:
+        """Every job that has not ended, in submission order."""
+        return list(self._handles.values())
+
     # -- the serving loop ------------------------------------------------------------------
     async def _serve(self) -> None:
         while True:
@@ -211,8 +225,11 @@ class Engine:
         listener = _Listener(self, backend, self.settings.progress_interval)
         tasks = [self._task(handle) for handle in handles]
         log.info("batch of %d on %s", len(tasks), backend.model_id)
+        began = time.monotonic()
         try:
             await self.loop.run_in_executor(self._gpu, self._generate, backend, tasks, listener)
+            generated = sum(handle.request.duration for handle in handles if handle.id in listener.ended)
+            self.throughput.record(generated, time.monotonic() - began)
         except Exception as exc:  # the one boundary for model errors
             left = [handle for handle in handles if handle.id not in listener.ended and not handle.done]
             await self._recover(backend, left, exc)
@@ -292,7 +309,9 @@ class Engine:
     # -- helpers -----------------------------------------------------------------------------
     def _task(self, handle: JobHandle) -> GenerationTask:
         request = handle.request
-        return GenerationTask(handle.id, request.prompt, request.duration, request.seed, request.sampling)
+        return GenerationTask(
+            handle.id, request.prompt, request.duration, request.seed, request.sampling, request.continue_from
+        )
 
     def _backend(self, model_id: str) -> Backend:
         if model_id not in self._backends:

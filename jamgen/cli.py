@@ -1,4 +1,4 @@
-"""The ``jamgen`` command: generate, doctor, make-test-model."""
+"""The ``jamgen`` command: run (the Discord bot), generate, doctor, make-test-model."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jamgen", description="Text to music with MusicGen.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the Discord bot until SIGINT/SIGTERM (settings from .env)")
+    run.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
 
     gen = commands.add_parser("generate", help="render prompts to audio files, in one batch")
     gen.add_argument("prompts", nargs="+", help="one or more text prompts")
@@ -57,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        from bot.run import main as run_bot
+
+        return run_bot(args.env_file, verbose=args.verbose)
     # audiocraft's EnCodec still uses torch's old weight_norm API; the deprecation notice is not for our users
     warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
     logging.basicConfig(

@@ -25,6 +25,7 @@ class GenerationTask:
     duration: float
     seed: int
     sampling: SamplingParams
+    continue_from: str | None = None  # an audio file to extend by ``duration`` seconds
 
 
 class BatchListener(Protocol):

@@ -85,7 +85,16 @@ class MusicGenBackend:
         log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)
 
     def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
+        """Plain tasks share one batch; a continuation runs alone on stock audiocraft."""
+        from generation.backends.continuation import continue_clip
+
         decoder = self._require_decoder()
+        for task in tasks:
+            if task.continue_from is not None:
+                continue_clip(decoder.model, task, listener)
+        self._generate_batch(decoder, [task for task in tasks if task.continue_from is None], listener)
+
+    def _generate_batch(self, decoder: BatchDecoder, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
         rows = []
         with torch.no_grad():
             for task in tasks:

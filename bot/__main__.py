@@ -1,0 +1,5 @@
+"""``python -m bot``: the same as ``jamgen run``."""
+
+from bot.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The bot: start-up (setup_hook), command sync, the error boundary and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import report
+from bot.exts import EXTENSIONS
+from bot.pipeline import Pipeline
+from bot.settings import BotSettings
+from bot.store import Store
+from bot.ui.buttons import result_view
+from generation.errors import ModelLoadError
+from generation.scheduler import FairQueue
+from generation.settings import EngineSettings
+from generation.worker import BackendFactory, Engine
+
+log = logging.getLogger(__name__)
+
+COMMANDS_HASH = "commands_hash"
+
+
+def point_discord_at(api_base_url: str, gateway_url: str) -> None:
+    """discord.py reads these class attributes on every request / connect."""
+    discord.http.Route.BASE = api_base_url
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class JamBot(commands.Bot):
+    def __init__(
+        self,
+        settings: BotSettings,
+        engine_settings: EngineSettings,
+        *,
+        backend_factory: BackendFactory | None = None,
+        **options: Any,
+    ) -> None:
+        if settings.application_id is not None:  # else discord.py asks Discord at login
+            options["application_id"] = settings.application_id
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels and roles, for permission checks and fallbacks
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(), **options,
+        )
+        point_discord_at(settings.api_base_url, settings.gateway_url)
+        self.settings = settings
+        self.engine = Engine(engine_settings, backend_factory=backend_factory, queue=FairQueue())
+        self.store = Store(engine_settings.data_dir / "jamgen.sqlite3")
+        self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
+        self.models = list(dict.fromkeys(settings.models or [engine_settings.model]))
+        self._warm_up: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def setup_hook(self) -> None:
+        await self.store.open()
+        await self.engine.start()
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands()
+        self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
+
+    async def _load_model(self) -> None:
+        """Load the model in the background: the bot answers (and queues) while it loads."""
+        try:
+            await self.engine.warm_up(self.models[0])
+            log.info("model %s ready", self.models[0])
+        except ModelLoadError as exc:
+            log.error("%s Jobs will fail until this is fixed.", exc)
+
+    async def sync_commands(self) -> None:
+        """To the test guild when one is set (instant); globally only when the command tree changed."""
+        if self.settings.test_guild_id is not None:
+            guild = discord.Object(self.settings.test_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to test guild %s", len(synced), guild.id)
+            return
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        if await self.store.get_meta(COMMANDS_HASH) == digest:
+            log.info("commands unchanged since the last sync; not syncing")
+            return
+        synced = await self.tree.sync()
+        await self.store.set_meta(COMMANDS_HASH, digest)
+        log.info("synced %d global commands", len(synced))
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await report(interaction, error)
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def close(self) -> None:
+        """Stop taking commands, tell queued users, let running work finish (bounded), then disconnect."""
+        if not self._closing:
+            self._closing = True
+            log.info("shutting down")
+            try:
+                await self.pipeline.shutdown(self.settings.shutdown_grace)
+                if self._warm_up is not None:
+                    await self._warm_up
+            finally:
+                await self.store.close()
+        await super().close()

@@ -1,0 +1,135 @@
+"""/generate, and the buttons under every result (🔁 regenerate, 🎲 variations, ⏩ extend)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import allowed_here
+from bot.errors import UserError
+from bot.pipeline import Asker
+from bot.store import GuildSettings, JobRecord
+from bot.tickets import title_for
+from bot.ui.buttons import JobButton
+from generation.jobs import PROMPT_MAX_CHARS, SEED_MAX, JobRequest, OutputFormat
+
+if TYPE_CHECKING:
+    from bot.app import JamBot
+
+log = logging.getLogger(__name__)
+
+VARIATIONS = 3
+EXTEND_CONTEXT = 10  # seconds of the clip the model listens to before continuing it
+def new_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+class Generate(commands.Cog, name="Generate"):
+    def __init__(self, bot: JamBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="generate", description="Turn a text prompt into music")
+    @app_commands.describe(
+        prompt="Describe the music, e.g. 'lofi beat with soft piano, 80 bpm'",
+        duration="Seconds of audio (the server sets the maximum)",
+        seed="Same seed + same prompt = same track (default: random)",
+        temperature="Higher is wilder; 0 is greedy",
+        top_k="Sample from the k likeliest tokens (0 = off)",
+        top_p="Sample from the smallest set with this much probability (0 = off; overrides top_k)",
+        cfg="How closely to follow the prompt (classifier-free guidance)",
+        format="Audio file format (default: the server's, usually Opus)",
+        model="Which MusicGen model",
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
+        duration: app_commands.Range[int, 1, 30] = 8,
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        temperature: app_commands.Range[float, 0.0, 5.0] = 1.0,
+        top_k: app_commands.Range[int, 0, 2048] = 250,
+        top_p: app_commands.Range[float, 0.0, 1.0] = 0.0,
+        cfg: app_commands.Range[float, 0.0, 20.0] = 3.0,
+        format: OutputFormat | None = None,
+        model: str | None = None,
+    ) -> None:
+        guild = allowed_here(interaction, self.bot.store)
+        fields: dict[str, Any] = {
+            "prompt": prompt, "duration": float(duration), "model": self._model(model),
+            "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_coef": cfg},
+            "format": format or guild.default_format or self.bot.settings.default_format,
+        }
+        if seed is not None:
+            fields["seed"] = seed
+        request = self._request(interaction, guild, fields)
+        await self._start(interaction, [request], title_for("generate", request.prompt, request.duration))
+
+    @generate.autocomplete("model")
+    async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        names = [name for name in self.bot.models if current.lower() in name.lower()]
+        return [app_commands.Choice(name=name[-100:], value=name[-100:]) for name in names[:25]]
+
+    # -- buttons ------------------------------------------------------------------------
+    async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        guild = allowed_here(interaction, self.bot.store)
+        record = await self.bot.store.job(job_id)
+        if record is None or record.guild_id != interaction.guild_id:
+            raise UserError("jamgen doesn't know that track (it may have been pruned). Use /generate.")
+        if record.user_id != interaction.user.id:
+            raise UserError(f"Only <@{record.user_id}> can use these buttons. Use /generate for your own take.")
+        requests, title = self._for_action(interaction, guild, record, action)
+        await self._start(interaction, requests, title)
+
+    def _for_action(
+        self, interaction: discord.Interaction, guild: GuildSettings, record: JobRecord, action: str
+    ) -> tuple[list[JobRequest], str]:
+        base = record.request.model_dump(exclude={"seed", "max_file_bytes", "owner", "continue_from"})
+        prompt, duration = record.request.prompt, record.request.duration
+        if action == "regen":
+            request = self._request(interaction, guild, {**base, "seed": new_seed()})
+            return [request], title_for("regen", prompt, duration)
+        if action == "vary":
+            requests = [self._request(interaction, guild, {**base, "seed": new_seed()}) for _ in range(VARIATIONS)]
+            return requests, title_for("vary", prompt, duration, VARIATIONS)
+        if record.audio_path is None or not Path(record.audio_path).exists():
+            raise UserError("That track's audio is no longer kept, so it can't be extended. Use 🔁 or /generate.")
+        extension = max(1.0, min(duration, self.bot.pipeline.max_duration(guild) - EXTEND_CONTEXT))
+        fields = {**base, "seed": new_seed(), "duration": extension, "continue_from": record.audio_path}
+        return [self._request(interaction, guild, fields)], title_for("extend", prompt, extension)
+
+    # -- shared -------------------------------------------------------------------------
+    def _model(self, name: str | None) -> str:
+        if name is None:
+            return self.bot.models[0]
+        matches = [model for model in self.bot.models if model == name or model.endswith(name)]
+        if not matches:
+            raise UserError(f"This bot serves: {', '.join(self.bot.models)}. Pick one of those.")
+        return matches[0]
+
+    def _request(self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any]) -> JobRequest:
+        """Validate server-side: the declared ranges are only a hint to well-behaved clients."""
+        return JobRequest.create(
+            max_duration=self.bot.pipeline.max_duration(guild), owner=str(interaction.user.id),
+            max_file_bytes=interaction.filesize_limit, **fields,
+        )
+
+    async def _start(self, interaction: discord.Interaction, requests: list[JobRequest], title: str) -> None:
+        """Admit (refusals are ephemeral and instant), defer at once, then queue."""
+        ticket = self.bot.pipeline.admit(Asker.of(interaction), len(requests), title, interaction)
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException:
+            self.bot.pipeline.release(ticket, refund=True)
+            raise
+        await self.bot.pipeline.launch(ticket, requests)
+
+
+async def setup(bot: JamBot) -> None:
+    bot.add_dynamic_items(JobButton)
+    await bot.add_cog(Generate(bot))

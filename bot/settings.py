@@ -1,0 +1,112 @@
+"""The bot's settings: read once from the environment and ``.env``, validated at start-up.
+
+The token is a :class:`~pydantic.SecretStr`: it prints as ``**********`` in logs and reprs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+from generation.jobs import OutputFormat
+from generation.settings import EngineSettings
+
+DISCORD_API = "https://discord.com/api/v10"
+DISCORD_GATEWAY = "wss://gateway.discord.gg/"
+# Three base64url parts joined by dots: the bot's id, a timestamp and an HMAC.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
+
+TOKEN_HELP = """\
+DISCORD_TOKEN is {problem}.
+
+To make a bot and get its token:
+  1. Open https://discord.com/developers/applications and press "New Application".
+  2. Under "Bot", press "Reset Token" and copy the token.
+  3. Put it in .env (copy .env.example first), then `chmod 600 .env`:
+       DISCORD_TOKEN=your-token-here
+  4. Invite the bot: under "OAuth2" > "URL Generator", tick the scopes
+       bot  applications.commands
+     and the bot permissions
+       View Channels, Send Messages, Send Messages in Threads, Embed Links, Attach Files,
+       Read Message History
+     (permissions integer 274877975552), then open the generated URL and pick your server.
+  5. Optional, for instant command updates while testing: DISCORD_TEST_GUILD_ID=<your server id>.
+"""
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class BotSettings(BaseSettings):
+    """Everything the Discord side needs. Engine settings live in :class:`EngineSettings`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    token: SecretStr = Field(validation_alias=_alias("DISCORD_TOKEN", "token"))
+    api_base_url: str = Field(DISCORD_API, validation_alias=_alias("DISCORD_API_BASE_URL", "api_base_url"))
+    gateway_url: str = Field(DISCORD_GATEWAY, validation_alias=_alias("DISCORD_GATEWAY_URL", "gateway_url"))
+    application_id: int | None = Field(None, validation_alias=_alias("DISCORD_APPLICATION_ID", "application_id"))
+    test_guild_id: int | None = Field(None, validation_alias=_alias("DISCORD_TEST_GUILD_ID", "test_guild_id"))
+    models: list[str] = Field(
+        default_factory=list, validation_alias=_alias("JAMGEN_MODELS", "models"),
+        description="models offered in /generate (JSON list); default: MUSICGEN_MODEL only",
+    )
+    user_max_jobs: int = Field(2, ge=1, le=50, validation_alias=_alias("JAMGEN_USER_MAX_JOBS", "user_max_jobs"))
+    user_rate_count: int = Field(5, ge=1, le=1000, validation_alias=_alias("JAMGEN_USER_RATE_COUNT", "user_rate_count"))
+    user_rate_window: float = Field(
+        600.0, gt=0, le=86400, validation_alias=_alias("JAMGEN_USER_RATE_WINDOW", "user_rate_window")
+    )
+    queue_cap: int = Field(100, ge=1, le=10000, validation_alias=_alias("JAMGEN_QUEUE_CAP", "queue_cap"))
+    default_format: OutputFormat = Field(
+        OutputFormat.OPUS, validation_alias=_alias("JAMGEN_DEFAULT_FORMAT", "default_format")
+    )
+    edit_interval: float = Field(1.5, ge=0.0, le=60, validation_alias=_alias("JAMGEN_EDIT_INTERVAL", "edit_interval"))
+    shutdown_grace: float = Field(
+        60.0, ge=0.0, le=900, validation_alias=_alias("JAMGEN_SHUTDOWN_GRACE", "shutdown_grace"),
+        description="seconds a stopping bot lets the running batch finish and be delivered",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        if raw.lower().startswith("bot "):
+            raw = raw[4:].strip()
+        if not raw:
+            raise ValueError("empty")
+        if not _TOKEN.match(raw):
+            raise ValueError("malformed: a bot token is three dot-separated parts, like MTA0...Gh4.abc...xyz")
+        return SecretStr(raw)
+
+    @field_validator("api_base_url", "gateway_url")
+    @classmethod
+    def _url(cls, value: str, info: object) -> str:
+        schemes = ("http://", "https://") if getattr(info, "field_name", "") == "api_base_url" else ("ws://", "wss://")
+        if not value.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)} (got {value!r})")
+        return value.rstrip("/") if schemes[0] == "http://" else value
+
+
+def _describe(exc: ValidationError) -> str:
+    token_problems = [e for e in exc.errors() if e["loc"] and e["loc"][0] in ("DISCORD_TOKEN", "token")]
+    if token_problems:
+        problem = token_problems[0]
+        what = "missing" if problem["type"] == "missing" else problem["msg"].removeprefix("Value error, ")
+        return TOKEN_HELP.format(problem=what)
+    lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+    return "Invalid settings (see .env.example):\n" + "\n".join(lines)
+
+
+def load_settings(env_file: Path | None = Path(".env")) -> tuple[BotSettings, EngineSettings]:
+    """Read and check every setting; raise :class:`ConfigError` with what to fix, never a traceback."""
+    try:
+        bot = BotSettings(_env_file=env_file)  # type: ignore[call-arg]
+        engine = EngineSettings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return bot, engine

@@ -1,0 +1,58 @@
+"""A ticket: one user request (a /generate, or a button press) and the jobs it made."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.ui.text import eta_text, format_seconds, progress_bar, safe
+from generation.events import JobHandle
+
+STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
+
+
+@dataclass(eq=False)
+class Ticket:
+    """Everything the bot tracks for one request until its last job has ended."""
+
+    interaction: discord.Interaction
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    title: str  # e.g. "🎵 lofi beat · 8 s"
+    handles: list[JobHandle] = field(default_factory=list)
+    lines: dict[str, str] = field(default_factory=dict)  # job id -> its status line
+    created_at: float = field(default_factory=time.monotonic)
+
+    def set_line(self, job_id: str, text: str) -> None:
+        self.lines[job_id] = text
+
+    def render(self) -> str:
+        body = "\n".join(f"`{job_id}` {line}" for job_id, line in self.lines.items())
+        return f"{self.title}\n{body}"[:2000]
+
+
+def title_for(kind: str, prompt: str, duration: float, count: int = 1) -> str:
+    what = safe(prompt, 150)
+    if kind == "vary":
+        return f"🎲 {count} variations of **{what}** · {duration:g} s"
+    if kind == "extend":
+        return f"⏩ extending **{what}** by {duration:g} s"
+    if kind == "regen":
+        return f"🔁 **{what}** · {duration:g} s, new seed"
+    return f"🎵 **{what}** · {duration:g} s"
+
+
+def queued_line(position: int, total: int, wait: float | None) -> str:
+    return f"{STATE_ICONS['queued']} queued — position {position} of {total}, {eta_text(wait)} to start"
+
+
+def running_line(fraction: float, left: float | None) -> str:
+    left_text = "" if left is None else f" — ~{format_seconds(left)} left"
+    return f"{STATE_ICONS['running']} generating {progress_bar(fraction)} {fraction:.0%}{left_text}"
+
+
+def ended_line(state: str, text: str) -> str:
+    return f"{STATE_ICONS[state]} {text}"

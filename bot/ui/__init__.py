@@ -1,0 +1,1 @@
+"""What users see: status text, embeds, buttons."""

@@ -1,0 +1,487 @@
+"""Sharing one GPU fairly: who goes next, who may submit now, and how long each will wait.
+
+* :class:`FairQueue` is a :class:`~generation.queue.JobQueue` that serves owners in
+  turn (round-robin), so one user's five jobs cannot starve everybody else.
+* :class:`Admission` applies per-user limits (jobs in progress, a token bucket over
+  time) and the global queue cap, and refuses with a :class:`RateLimited` that says
+  in plain English when to try again.
+* :class:`Throughput` measures generation speed, and :func:`estimate_waits` turns it
+  into per-job ETAs.
+
+Nothing here knows about Discord: owners and admission keys are opaque strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from generation.errors import GenerationError
+from generation.queue import Batchable
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+class Owned(Batchable, Protocol):
+    """A queue item that knows who asked for it (``None``: nobody in particular)."""
+
+    @property
+    def owner(self) -> str | None: ...
+
+
+Item = TypeVar("Item", bound=Owned)
+
+
+# -- the fair queue ----------------------------------------------------------------------------
+
+
+def round_robin(lanes: Iterable[Iterable[T]]) -> Iterator[T]:
+    """The first item of every lane in lane order, then every lane's second item, and so on."""
+    iterators = [iter(lane) for lane in lanes]
+    while iterators:
+        still_going: list[Iterator[T]] = []
+        for iterator in iterators:
+            for item in iterator:  # at most one item per lane per round
+                yield item
+                still_going.append(iterator)
+                break
+        iterators = still_going
+
+
+class FairQueue(Generic[Item]):
+    """Round-robin across owners; a drop-in for :class:`~generation.queue.FifoQueue`.
+
+    The rules:
+
+    * Every owner with waiting jobs has a lane (its jobs, first come first served) and a
+      place in the *rotation*. An owner joins the back of the rotation when their first
+      waiting job arrives, and leaves it when they have no job waiting any more.
+    * The next job to start is the first job of the owner at the front of the rotation;
+      an owner who just got a job started goes to the back of the rotation.
+    * So the start order, if nothing else arrived, is by *rounds*: each owner's k-th
+      waiting job is in round k, and within a round owners keep rotation order.
+      :meth:`positions` reports exactly that order, which is what :meth:`take_batch`
+      takes when ``max_size`` is 1.
+    * A batch is the next job in that order plus up to ``max_size - 1`` more jobs with the
+      same ``batch_key``, picked in that same order (so a batch mixes owners). Every owner
+      served by a batch goes to the back, in the order they were served; owners skipped
+      because their jobs need another batch key keep their place at the front.
+    * Jobs without an owner (``owner is None``) share one anonymous lane: together they
+      get one turn per round, like a single user, so a script submitting anonymous
+      jobs in bulk cannot starve named users. With only anonymous jobs this is FIFO.
+
+    Job ids must be unique among waiting jobs. Every operation is O(n) at worst.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[str | None, deque[Item]] = {}  # insertion order is the rotation
+        self._lane_of: dict[str, str | None] = {}  # job id -> owner
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._lane_of)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def count(self, owner: str | None) -> int:
+        """How many of ``owner``'s jobs are waiting."""
+        return len(self._lanes.get(owner, ()))
+
+    def put(self, item: Item) -> None:
+        """Queue ``item`` at the end of its owner's lane (a new owner joins the rotation at the back)."""
+        if self._closed:
+            raise RuntimeError("queue is closed")
+        if item.job_id in self._lane_of:
+            raise ValueError(f"job {item.job_id} is already queued")
+        self._lanes.setdefault(item.owner, deque()).append(item)
+        self._lane_of[item.job_id] = item.owner
+        self._changed.set()
+
+    def remove(self, job_id: str) -> bool:
+        """Drop a waiting job; False if it is not waiting. An emptied lane leaves the rotation."""
+        if job_id not in self._lane_of:
+            return False
+        owner = self._lane_of.pop(job_id)
+        lane = self._lanes[owner]
+        _delete_job(lane, job_id)
+        if not lane:
+            del self._lanes[owner]
+        return True
+
+    def ordered(self) -> list[Item]:
+        """Every waiting job, in the order they would start one at a time if nothing else arrived."""
+        return list(round_robin(self._lanes.values()))
+
+    def positions(self) -> dict[str, int]:
+        """job id -> 1-based position in :meth:`ordered`."""
+        return {item.job_id: index for index, item in enumerate(self.ordered(), start=1)}
+
+    async def take_batch(self, max_size: int, window: float = 0.0) -> list[Item]:
+        """Wait for a job, give companions ``window`` seconds, then take a batch (see the class rules).
+
+        The window is skipped, or cut short, once ``max_size`` jobs share the next job's
+        batch key. Returns ``[]`` once the queue is closed.
+        """
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        while True:
+            await self._wait_for_items()
+            await self._gather(max_size, window)
+            if self._closed:
+                return []
+            if self._lanes:  # they may all have been cancelled during the window
+                return self._take(max_size)
+
+    def close(self) -> list[Item]:
+        """Refuse new jobs, wake the taker (who gets ``[]``), and return what was waiting, in order."""
+        self._closed = True
+        left = self.ordered()
+        self._lanes.clear()
+        self._lane_of.clear()
+        self._changed.set()
+        return left
+
+    # -- internals ---------------------------------------------------------------------------
+    def _head(self) -> Item:
+        return next(iter(self._lanes.values()))[0]
+
+    def _companions(self) -> int:
+        """How many waiting jobs could share a batch with the next job (itself included)."""
+        key = self._head().batch_key
+        return sum(1 for lane in self._lanes.values() for item in lane if item.batch_key == key)
+
+    async def _wait_for_items(self) -> None:
+        while not self._lanes and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _gather(self, max_size: int, window: float) -> None:
+        if window <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while not self._closed and self._lanes and self._companions() < max_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take(self, max_size: int) -> list[Item]:
+        order = self.ordered()
+        key: Hashable = order[0].batch_key
+        batch = [item for item in order if item.batch_key == key][:max_size]
+        for item in batch:
+            self._lane_of.pop(item.job_id)
+            _delete_job(self._lanes[item.owner], item.job_id)
+        self._send_to_back(item.owner for item in batch)
+        log.debug("took a batch of %d (%s) for %d owner(s)", len(batch), key, len({i.owner for i in batch}))
+        return batch
+
+    def _send_to_back(self, served: Iterable[str | None]) -> None:
+        """Served owners go to the back in the order they were served; emptied lanes leave."""
+        for owner in dict.fromkeys(served):
+            lane = self._lanes.pop(owner)
+            if lane:
+                self._lanes[owner] = lane
+
+
+def _delete_job(lane: deque[Item], job_id: str) -> None:
+    for index, item in enumerate(lane):
+        if item.job_id == job_id:
+            del lane[index]
+            return
+    raise KeyError(job_id)  # the lane index is out of step: a bug
+
+
+# -- admission ------------------------------------------------------------------------------
+
+RateLimitReason = Literal["active", "rate", "queue_full"]
+_EPSILON = 1e-9  # seconds of float slack when comparing times
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """Per-user limits, and the global cap on waiting jobs.
+
+    ``max_active``: jobs one user may have queued or running at once.
+    ``rate_count`` per ``rate_window`` seconds: a token bucket holding ``rate_count``
+    tokens, refilled continuously at ``rate_count / rate_window`` tokens per second;
+    every job costs one token. ``queue_cap``: waiting jobs, all users together.
+    """
+
+    max_active: int = 2
+    rate_count: int = 5
+    rate_window: float = 600.0
+    queue_cap: int = 100
+
+    def __post_init__(self) -> None:
+        if self.max_active < 1 or self.rate_count < 1 or self.queue_cap < 1:
+            raise ValueError("max_active, rate_count and queue_cap must be >= 1")
+        if not (math.isfinite(self.rate_window) and self.rate_window > 0):
+            raise ValueError(f"rate_window must be a positive number of seconds, got {self.rate_window}")
+
+    def seconds_for(self, tokens: float) -> float:
+        """Time the bucket takes to refill ``tokens`` tokens."""
+        return tokens * self.rate_window / self.rate_count
+
+
+class RateLimited(GenerationError):
+    """A submission refused by a limit; ``str()`` tells the user when to try again.
+
+    ``reason`` is ``"active"``, ``"rate"`` or ``"queue_full"``; ``retry_after`` is in
+    seconds, or ``None`` when it depends on jobs finishing rather than on the clock.
+    """
+
+    def __init__(self, reason: RateLimitReason, retry_after: float | None, message: str) -> None:
+        super().__init__(message)
+        self.reason: RateLimitReason = reason
+        self.retry_after = retry_after
+
+
+def format_wait(seconds: float) -> str:
+    """``200`` -> ``"3 min 20 s"``; rounds up to a whole second so that "try again in" is never early."""
+    if math.isnan(seconds):
+        raise ValueError("seconds is NaN")
+    if math.isinf(seconds):
+        return "a very long time"
+    total = max(0, math.ceil(seconds - _EPSILON))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{value} {unit}" for value, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if value]
+    return " ".join(parts) or "0 s"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _when_jobs_finish(need: int, active: int) -> str:
+    if active == 1:
+        return "when your job finishes"
+    if need == 1:
+        return f"when one of your {active} jobs finishes"
+    if need >= active:
+        return f"when all {active} of your jobs finish"
+    return f"when {need} of your {active} jobs finish"
+
+
+@dataclass
+class _Bucket:
+    """A token bucket kept as the time it is full again (GCRA): one float per user."""
+
+    full_at: float
+    seconds_per_token: float  # of the limits it was last charged with, for refunds
+
+
+class Admission:
+    """Decides whether a user may submit now; keeps one token bucket per key.
+
+    Checks run in this order and the first that fails raises :class:`RateLimited`:
+    ``active`` (``active + cost > max_active``), ``rate`` (fewer than ``cost`` tokens),
+    ``queue_full`` (``queued_total + cost > queue_cap``). ``exempt`` keys (admins, say)
+    skip the two per-user checks and are never charged tokens, but the global queue
+    cap still applies to them: it protects the machine, not other users' turns.
+
+    A bucket that has refilled completely is forgotten (a missing bucket is a full one),
+    so idle keys cost no memory; stale buckets are dropped on every check.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def __len__(self) -> int:
+        """How many keys have a bucket that is not full (the memory in use)."""
+        return len(self._buckets)
+
+    def tokens(self, key: str, limits: UserLimits) -> float:
+        """Tokens ``key`` has now (``limits.rate_count`` when full)."""
+        debt = self._debt(key, self._clock())
+        return max(0.0, limits.rate_count - debt * limits.rate_count / limits.rate_window)
+
+    def check(
+        self,
+        key: str,
+        limits: UserLimits,
+        *,
+        active: int,
+        queued_total: int,
+        exempt: bool = False,
+        cost: int = 1,
+        queue_retry_after: float | None = None,
+    ) -> None:
+        """Raise :class:`RateLimited` if ``key`` may not submit ``cost`` jobs now; consumes nothing.
+
+        ``active``: the user's jobs queued or running; ``queued_total``: jobs waiting, all
+        users; ``queue_retry_after``: the caller's estimate of when the queue has room.
+        """
+        if cost < 1:
+            raise ValueError(f"cost must be >= 1, got {cost}")
+        now = self._clock()
+        self._prune(now)
+        if not exempt:
+            self._check_active(limits, active, cost)
+            self._check_rate(limits, self._debt(key, now), cost)
+        self._check_queue(limits, queued_total, cost, queue_retry_after)
+
+    def admit(
+        self,
+        key: str,
+        limits: UserLimits,
+        *,
+        active: int,
+        queued_total: int,
+        exempt: bool = False,
+        cost: int = 1,
+        queue_retry_after: float | None = None,
+    ) -> None:
+        """:meth:`check`, then charge ``cost`` tokens to ``key`` (exempt keys are not charged)."""
+        self.check(
+            key, limits, active=active, queued_total=queued_total, exempt=exempt, cost=cost,
+            queue_retry_after=queue_retry_after,
+        )
+        if exempt:
+            return
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        start = max(bucket.full_at, now) if bucket is not None else now
+        self._buckets[key] = _Bucket(start + limits.seconds_for(cost), limits.seconds_for(1))
+
+    def refund(self, key: str, cost: int = 1) -> None:
+        """Give back ``cost`` tokens charged by :meth:`admit` (the submission failed after all)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return
+        bucket.full_at -= cost * bucket.seconds_per_token
+        if bucket.full_at <= self._clock() + _EPSILON:
+            del self._buckets[key]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _debt(self, key: str, now: float) -> float:
+        """Seconds until ``key``'s bucket is full again (0: full)."""
+        bucket = self._buckets.get(key)
+        return max(0.0, bucket.full_at - now) if bucket is not None else 0.0
+
+    def _prune(self, now: float) -> None:
+        full = [key for key, bucket in self._buckets.items() if bucket.full_at <= now + _EPSILON]
+        for key in full:
+            del self._buckets[key]
+
+    @staticmethod
+    def _check_active(limits: UserLimits, active: int, cost: int) -> None:
+        if active + cost <= limits.max_active:
+            return
+        if cost > limits.max_active:
+            message = f"You can have at most {_plural(limits.max_active, 'job')} at a time; this asks for {cost}."
+        else:
+            when = _when_jobs_finish(active + cost - limits.max_active, active)
+            message = (
+                f"You already have {_plural(active, 'job')} in progress (the limit is {limits.max_active}); "
+                f"try again {when}."
+            )
+        raise _refuse("active", None, message)
+
+    @staticmethod
+    def _check_rate(limits: UserLimits, debt: float, cost: int) -> None:
+        allowance = f"You can start {_plural(limits.rate_count, 'job')} every {format_wait(limits.rate_window)}"
+        if cost > limits.rate_count:
+            raise _refuse("rate", None, f"{allowance}, and this asks for {cost}.")
+        wait = debt - limits.seconds_for(limits.rate_count - cost)
+        if wait > _EPSILON:
+            raise _refuse("rate", wait, f"{allowance}; try again in {format_wait(wait)}.")
+
+    @staticmethod
+    def _check_queue(limits: UserLimits, queued_total: int, cost: int, retry_after: float | None) -> None:
+        if queued_total + cost <= limits.queue_cap:
+            return
+        when = f"in {format_wait(retry_after)}" if retry_after is not None else "once some of them have started"
+        message = f"The queue is full ({queued_total} of {limits.queue_cap} places taken); try again {when}."
+        raise _refuse("queue_full", retry_after, message)
+
+
+def _refuse(reason: RateLimitReason, retry_after: float | None, message: str) -> RateLimited:
+    log.debug("refused (%s): %s", reason, message)
+    return RateLimited(reason, retry_after, message)
+
+
+# -- throughput and ETAs ----------------------------------------------------------------------
+
+
+class Throughput:
+    """Generation speed in audio seconds per wall second, as an exponentially weighted average.
+
+    Each finished batch is one sample (``audio_seconds / wall_seconds``), weighted
+    ``alpha``; older samples fade by ``1 - alpha`` per batch. ``initial_rate`` is a
+    placeholder shown until the first measurement, which replaces it outright (a guess
+    should not linger in the average). Samples that are not positive and finite are
+    ignored.
+    """
+
+    def __init__(self, alpha: float = 0.3, initial_rate: float | None = None) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if initial_rate is not None and not (math.isfinite(initial_rate) and initial_rate > 0):
+            raise ValueError(f"initial_rate must be a positive number, got {initial_rate}")
+        self.alpha = alpha
+        self._rate = initial_rate
+        self.samples = 0
+
+    @property
+    def rate(self) -> float | None:
+        return self._rate
+
+    def record(self, audio_seconds: float, wall_seconds: float) -> None:
+        """One finished batch: the total seconds of audio it generated, and the wall time it took."""
+        valid = all(math.isfinite(value) and value > 0 for value in (audio_seconds, wall_seconds))
+        if not valid:
+            log.debug("ignoring throughput sample %r audio s in %r s", audio_seconds, wall_seconds)
+            return
+        sample = audio_seconds / wall_seconds
+        if self.samples == 0 or self._rate is None:
+            self._rate = sample
+        else:
+            self._rate = self.alpha * sample + (1 - self.alpha) * self._rate
+        self.samples += 1
+
+
+def estimate_waits(
+    queue: list[tuple[str, float]], *, running_remaining: float, rate: float | None, max_batch: int
+) -> dict[str, tuple[float, float]] | None:
+    """job id -> (seconds until it starts, seconds until it is done); ``None`` when ``rate`` is unknown.
+
+    ``queue`` is ``(job id, duration)`` in start order (:meth:`FairQueue.ordered`);
+    ``running_remaining`` is the wall time left for the batch running now (0 if idle).
+    Jobs are assumed to go in consecutive batches of ``max_batch`` in queue order, each
+    taking ``sum(durations) / rate`` wall seconds; a job is done when its batch is.
+    """
+    if rate is None:
+        return None
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number, got {rate}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    waits: dict[str, tuple[float, float]] = {}
+    start = max(0.0, running_remaining)
+    for first in range(0, len(queue), max_batch):
+        batch = queue[first : first + max_batch]
+        end = start + sum(duration for _, duration in batch) / rate
+        for job_id, _ in batch:
+            waits[job_id] = (start, end)
+        start = end
+    return waits

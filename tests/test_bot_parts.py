@@ -1,0 +1,107 @@
+"""The bot's small parts on their own: the throttled status message, the store, safe text."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import discord
+import pytest
+
+from bot.store import GuildSettings, JobRecord, Store
+from bot.throttle import ThrottledEditor
+from bot.ui.text import format_seconds, progress_bar, safe
+from generation.jobs import JobRequest, OutputFormat
+
+
+async def test_throttle_sends_first_at_once_then_coalesces_to_the_latest() -> None:
+    sent: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def edit(text: str) -> None:
+        sent.append((loop.time(), text))
+
+    editor = ThrottledEditor(edit, interval=0.3, clock=loop.time)
+    runner = asyncio.create_task(editor.run())
+    editor.set("a")
+    await asyncio.sleep(0.05)
+    for text in ("b", "c", "d"):  # within one interval: only the last one goes out
+        editor.set(text)
+    editor.close()
+    await asyncio.wait_for(runner, 2)
+    assert [text for _, text in sent] == ["a", "d"]
+    assert sent[1][0] - sent[0][0] >= 0.3 - 0.01
+
+
+async def test_throttle_skips_repeats_and_survives_http_errors() -> None:
+    calls: list[str] = []
+
+    class Gone(discord.HTTPException):
+        def __init__(self) -> None:
+            self.status, self.text, self.code = 404, "Unknown Message", 10008
+
+    async def edit(text: str) -> None:
+        calls.append(text)
+        if text == "boom":
+            raise Gone()
+
+    editor = ThrottledEditor(edit, interval=0.0)
+    runner = asyncio.create_task(editor.run())
+    editor.set("boom")
+    await asyncio.sleep(0.01)
+    editor.set("ok")
+    await asyncio.sleep(0.01)
+    editor.set("ok")  # unchanged: no edit
+    editor.close()
+    await asyncio.wait_for(runner, 2)
+    assert calls == ["boom", "ok"]
+    assert editor.edits == 1
+
+
+async def test_store_keeps_guild_settings_and_jobs_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "jamgen.sqlite3"
+    store = Store(path)
+    await store.open()
+    await store.update_guild(42, allowed_channels=(1, 2), max_duration=12, default_format=OutputFormat.MP3)
+    request = JobRequest.create(prompt="lofi", duration=4.0, seed=7)
+    await store.add_job(
+        JobRecord(job_id="abc", guild_id=42, channel_id=1, user_id=9, request=request, state="queued", created_at=1.0)
+    )
+    await store.set_job_state("abc", "delivered", "/tmp/x.opus")
+    await store.set_meta("k", "v")
+    await store.close()
+
+    again = Store(path)
+    await again.open()
+    assert again.guild(42) == GuildSettings(allowed_channels=(1, 2), max_duration=12, default_format=OutputFormat.MP3)
+    assert again.guild(7) == GuildSettings()
+    record = await again.job("abc")
+    assert record is not None and record.request == request
+    assert (record.state, record.audio_path) == ("delivered", "/tmp/x.opus")
+    assert await again.job("nope") is None
+    assert await again.get_meta("k") == "v"
+    await again.close()
+
+
+async def test_store_refuses_invalid_guild_settings(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    await store.open()
+    with pytest.raises(ValueError):
+        await store.update_guild(1, max_duration=999)
+    assert store.guild(1) == GuildSettings()
+    await store.close()
+
+
+def test_safe_text_cannot_ping_or_format() -> None:
+    text = safe("@everyone <@&123> **bold** ```code``` @here")
+    assert "@everyone" not in text and "@here" not in text
+    assert "\\*\\*bold\\*\\*" in text
+    assert len(safe("x" * 500, 100)) == 100
+
+
+def test_small_formatters() -> None:
+    assert format_seconds(7.2) == "8 s"
+    assert format_seconds(125) == "2 min 05 s"
+    assert format_seconds(3725) == "1 h 02 min"
+    assert progress_bar(0.5, 4) == "██░░"
+    assert progress_bar(2.0, 4) == "████"
