@@ -92,11 +92,12 @@ class Pipeline:
             raise UserError("The bot is restarting; try again in a minute.")
         guild = self.store.guild(asker.guild_id)
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
+        reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
         self.admission.admit(
             f"{asker.guild_id}:{asker.user_id}", self.limits(guild), active=len(self.tickets_of(asker.user_id)),
-            queued_total=len(self.engine.jobs()) + jobs - 1, exempt=exempt,
+            queued_total=len(self.engine.jobs()) + reserved + jobs - 1, exempt=exempt,
         )
-        ticket = Ticket(interaction, asker.user_id, asker.guild_id, interaction.channel_id or 0, title)
+        ticket = Ticket(interaction, asker.user_id, asker.guild_id, interaction.channel_id or 0, title, reserved=jobs)
         self._tickets.add(ticket)
         return ticket
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import discord
 
-from bot.ui.text import eta_text, format_seconds, progress_bar, safe
+from bot.ui.text import format_seconds, progress_bar, safe, starts_in
 from generation.events import JobHandle
 
 STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
@@ -22,6 +22,7 @@ class Ticket:
     guild_id: int | None
     channel_id: int
     title: str  # e.g. "🎵 lofi beat · 8 s"
+    reserved: int = 1  # jobs it will submit: counted against the queue cap from admission on
     handles: list[JobHandle] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)  # job id -> its status line
     created_at: float = field(default_factory=time.monotonic)
@@ -46,7 +47,7 @@ def title_for(kind: str, prompt: str, duration: float, count: int = 1) -> str:
 
 
 def queued_line(position: int, total: int, wait: float | None) -> str:
-    return f"{STATE_ICONS['queued']} queued — position {position} of {total}, {eta_text(wait)} to start"
+    return f"{STATE_ICONS['queued']} queued — position {position} of {total} · {starts_in(wait)}"
 
 
 def running_line(fraction: float, left: float | None) -> str:

@@ -34,5 +34,5 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def eta_text(seconds: float | None) -> str:
-    return "ETA unknown until the first batch is measured" if seconds is None else f"ETA ~{format_seconds(seconds)}"
+def starts_in(seconds: float | None) -> str:
+    return "ETA once the first batch is timed" if seconds is None else f"starts in ~{format_seconds(seconds)}"

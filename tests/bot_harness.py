@@ -1,0 +1,127 @@
+"""A real JamBot, on the tiny model, connected to the fake Discord. Nothing inside discord.py is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.app import JamBot
+from bot.settings import BotSettings
+from generation.settings import EngineSettings
+from generation.worker import BackendFactory
+from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+
+TOKEN = "MTA0NTY3ODkwMTIzNDU2Nzg5MA.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
+MANAGE_GUILD = 1 << 5
+
+
+@dataclass
+class World:
+    """The fake server with one guild, two channels and three members (one of them a moderator)."""
+
+    fake: FakeDiscord
+    guild: FakeGuild
+    jam: Any  # FakeChannel
+    other: Any
+    alice: FakeUser
+    bob: FakeUser
+    mod: FakeUser
+
+    async def generate(self, user: FakeUser | None = None, channel: Any = None, **options: Any) -> FakeInteraction:
+        options.setdefault("prompt", "lofi beat with soft piano")
+        options.setdefault("duration", 2)
+        return await self.fake.send_command(
+            "generate", options, user=user or self.alice, guild=self.guild, channel=channel or self.jam
+        )
+
+    async def result_of(self, interaction: FakeInteraction, count: int = 1, timeout: float = 60) -> list[FakeMessage]:
+        """Wait for ``count`` posts with audio that answer ``interaction`` (follow-ups or channel fallbacks)."""
+
+        def posts() -> list[FakeMessage]:
+            return [
+                m for m in self.fake.messages
+                if m.attachments and (m.interaction_id == interaction.id or m.via == "channel")
+            ]
+
+        await self.fake.wait_for(lambda: len(posts()) >= count, timeout=timeout)
+        return posts()
+
+
+def make_world(fake: FakeDiscord) -> World:
+    guild = fake.add_guild("jam server")
+    jam, other = guild.add_channel("jam"), guild.add_channel("general")
+    alice, bob, mod = fake.add_user("alice"), fake.add_user("bob"), fake.add_user("mod")
+    guild.add_member(alice)
+    guild.add_member(bob)
+    moderators = guild.add_role("moderators", permissions=MANAGE_GUILD)
+    guild.add_member(mod, roles=(moderators,))
+    return World(fake, guild, jam, other, alice, bob, mod)
+
+
+def bot_settings(fake: FakeDiscord, **overrides: Any) -> BotSettings:
+    values: dict[str, Any] = {
+        "token": TOKEN, "api_base_url": fake.base_url, "gateway_url": fake.gateway_url,
+        "application_id": fake.application_id, "edit_interval": 0.3, "shutdown_grace": 5.0,
+    }
+    return BotSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
+
+
+def engine_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> EngineSettings:
+    values: dict[str, Any] = {
+        "model": str(model_dir), "device": "cpu", "data_dir": data_dir, "batch_window": 0.05,
+        "progress_interval": 0.05, "max_batch": 8,
+    }
+    return EngineSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake: FakeDiscord,
+    model_dir: Path,
+    data_dir: Path,
+    *,
+    backend_factory: BackendFactory | None = None,
+    engine: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[JamBot]:
+    bot = JamBot(
+        bot_settings(fake, **settings), engine_settings(model_dir, data_dir, **(engine or {})),
+        backend_factory=backend_factory, guild_ready_timeout=0.1,
+    )
+    runner = asyncio.create_task(bot.start(TOKEN), name="test-bot")
+    try:
+        await fake.wait_until_ready(timeout=30)
+        await asyncio.wait_for(bot.wait_until_ready(), 30)
+        await asyncio.wait_for(bot._warm_up, 60)  # type: ignore[arg-type]
+        yield bot
+    finally:
+        await bot.close()
+        await asyncio.wait_for(runner, 30)
+
+
+class Gate:
+    """Holds every batch at the backend's door until :meth:`open`: makes queue states deterministic."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._event = threading.Event()
+
+    def __call__(self, tasks: object) -> None:
+        if not self._event.wait(timeout=60):
+            raise TimeoutError("the test never opened the gate")
+
+    def open(self) -> None:
+        self._event.set()
+
+
+def user_text(interaction: FakeInteraction) -> str:
+    """What the user sees first: the immediate reply, or the first follow-up after a deferral."""
+    callback = interaction.callback
+    if callback is not None and callback.type == 4 and callback.data:
+        return str(callback.data.get("content", ""))
+    return "\n".join(message.content for message in interaction.followups)

@@ -1,0 +1,504 @@
+"""The fake Discord, driven by the real discord.py client (nothing inside discord.py is mocked)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+from discord.http import Route
+
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, connected
+from tests.fakes.models import ADMINISTRATOR
+from tests.fakes.openapi import OpenApiValidator, default_spec_path
+
+pytestmark = pytest.mark.timeout(30)
+
+AUDIO = bytes(range(256)) * 64  # 16 KiB that a broken multipart parser would not reproduce
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    guild: FakeGuild
+    channel: FakeChannel
+    alice: FakeUser
+    bob: FakeUser
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as server:
+        yield server
+
+
+@pytest.fixture
+def world(fake: FakeDiscord) -> World:
+    guild = fake.add_guild("jam server")
+    channel = guild.add_channel("jams")
+    dj = guild.add_role("DJ", permissions=ADMINISTRATOR)
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    guild.add_member(alice)
+    guild.add_member(bob, roles=[dj])
+    return World(fake, guild, channel, alice, bob)
+
+
+def make_bot(**options: Any) -> commands.Bot:
+    intents = discord.Intents.default()
+    intents.members = True
+    return commands.Bot(command_prefix="!", intents=intents, guild_ready_timeout=0.1, **options)
+
+
+def outcome() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def settled(future: asyncio.Future[Any], timeout: float = 5) -> Any:
+    """What the bot reported; await it while the client still runs."""
+    return await asyncio.wait_for(future, timeout)
+
+
+async def test_login_and_ready_populate_the_guild_cache(world: World) -> None:
+    client = discord.Client(intents=make_bot().intents, guild_ready_timeout=0.1)
+    async with connected(world.fake, client):
+        assert client.user is not None
+        assert client.user.id == world.fake.bot_user_id
+        guild = client.get_guild(world.guild.id)
+        assert guild is not None
+        assert guild.name == "jam server"
+        assert [channel.name for channel in guild.text_channels] == ["jams"]
+        assert {role.name for role in guild.roles} == {"@everyone", "DJ"}
+        assert guild.default_role.id == guild.id
+        assert guild.me is not None
+        assert guild.get_member(world.bob.id).guild_permissions.administrator  # type: ignore[union-attr]
+        assert not guild.get_member(world.alice.id).guild_permissions.administrator  # type: ignore[union-attr]
+    routes = [request.route for request in world.fake.requests]
+    assert "GET /users/@me" in routes
+    assert "UNKNOWN" not in routes
+    assert world.fake.validation_errors == []
+
+
+async def test_rest_reads_edits_and_deletes(world: World) -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+    async with connected(world.fake, client):
+        guild = await client.fetch_guild(world.guild.id)
+        assert guild.name == "jam server"
+        assert {role.name for role in await guild.fetch_roles()} == {"@everyone", "DJ"}
+        member = await guild.fetch_member(world.bob.id)
+        assert member.name == "bob"
+        channel = await client.fetch_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send("first", embed=discord.Embed(title="jam", description="lofi"))
+        fetched = await channel.fetch_message(sent.id)
+        assert fetched.embeds[0].title == "jam"
+        await fetched.edit(content="edited")
+        await fetched.delete()
+        with pytest.raises(discord.NotFound):
+            await channel.fetch_message(sent.id)
+    message = world.fake.messages[0]
+    assert (message.content, message.deleted, message.via) == ("edited", True, "channel")
+    assert [edit["content"] for edit in message.edits] == ["edited"]
+    assert world.fake.validation_errors == []
+    assert "UNKNOWN" not in {request.route for request in world.fake.requests}
+
+
+async def test_json_answers_have_the_exact_content_type(fake: FakeDiscord) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{fake.base_url}/users/@me") as response:
+        assert response.headers["Content-Type"] == "application/json"
+        assert (await response.json())["id"] == str(fake.bot_user_id)
+
+
+async def test_defer_then_follow_up_with_a_file(world: World) -> None:
+    bot = make_bot()
+    seen = outcome()
+
+    @bot.tree.command(description="Make a jam")
+    async def jam(interaction: discord.Interaction, prompt: str, seconds: int = 10) -> None:
+        await interaction.response.defer(thinking=True)
+        sent = await interaction.followup.send("here it is", file=discord.File(io.BytesIO(AUDIO), "jam.wav"),
+                                               wait=True)
+        attachment = sent.attachments[0]
+        seen.set_result((prompt, seconds, interaction.filesize_limit, attachment.content_type, await attachment.read()))
+
+    async with connected(world.fake, bot):
+        interaction = await world.fake.send_command("jam", {"prompt": "lofi", "seconds": 5}, user=world.alice,
+                                                    guild=world.guild, channel=world.channel)
+        callback = await interaction.wait_callback()
+        assert await settled(seen) == ("lofi", 5, 10 * 1024 * 1024, "audio/x-wav", AUDIO)
+
+    assert callback.type == 5
+    assert interaction.ack_latency is not None and interaction.ack_latency < 1
+    followup = interaction.followups[0]
+    assert followup.content == "here it is"
+    assert followup.via == "webhook"
+    assert followup.interaction_id == interaction.id
+    assert [(item.filename, item.data) for item in followup.attachments] == [("jam.wav", AUDIO)]
+    post = next(request for request in world.fake.requests if request.route.startswith("POST /webhooks/"))
+    assert post.json["content"] == "here it is"
+    assert [upload.filename for upload in post.files] == ["jam.wav"]
+    assert interaction.original is not None and interaction.original.via == "callback"
+    assert world.fake.messages == [interaction.original, followup]
+    assert world.fake.validation_errors == []
+
+
+async def test_edit_original_response(world: World) -> None:
+    bot = make_bot()
+
+    @bot.tree.command(description="Edit")
+    async def work(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("working…")
+        await interaction.edit_original_response(content="done", embed=discord.Embed(title="jam"))
+
+    async with connected(world.fake, bot):
+        interaction = await world.fake.send_command("work", user=world.alice, guild=world.guild,
+                                                    channel=world.channel)
+        await world.fake.wait_for(lambda: interaction.original is not None and bool(interaction.original.edits))
+
+    original = interaction.original
+    assert original is not None
+    assert interaction.callback is not None and interaction.callback.type == 4
+    assert original.content == "done"
+    assert original.embeds[0]["title"] == "jam"
+    assert original.edits[0]["content"] == "done"
+    assert original.edit_times == [original.edits[0]["at"]]
+    assert not interaction.ephemeral
+
+
+async def test_ephemeral_reply_stays_out_of_the_channel_history(world: World) -> None:
+    bot = make_bot()
+    history = outcome()
+
+    @bot.tree.command(description="Secret")
+    async def secret(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("only you", ephemeral=True)
+        await interaction.channel.send("for everyone")  # type: ignore[union-attr]
+        history.set_result([message.content async for message in interaction.channel.history(limit=10)])  # type: ignore[union-attr]
+
+    async with connected(world.fake, bot):
+        interaction = await world.fake.send_command("secret", user=world.alice, guild=world.guild,
+                                                    channel=world.channel)
+        assert await settled(history) == ["for everyone"]
+
+    assert interaction.ephemeral
+    assert interaction.original is not None and interaction.original.ephemeral
+
+
+async def test_button_press_updates_the_message(world: World) -> None:
+    bot = make_bot()
+    presser = outcome()
+
+    class Panel(discord.ui.View):
+        @discord.ui.button(label="Again", custom_id="jam:again")
+        async def again(self, interaction: discord.Interaction, button: discord.ui.Button[Panel]) -> None:
+            presser.set_result(interaction.user.id)
+            await interaction.response.edit_message(content=f"again, by {interaction.user.name}", view=None)
+
+    @bot.tree.command(description="Panel")
+    async def panel(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("panel", view=Panel())
+
+    async with connected(world.fake, bot):
+        command = await world.fake.send_command("panel", user=world.alice, guild=world.guild, channel=world.channel)
+        await command.wait_callback()
+        assert command.original is not None
+        assert command.original.custom_ids() == ["jam:again"]
+        press = await world.fake.press_button(command.original, "jam:again", user=world.bob, guild=world.guild)
+        callback = await press.wait_callback()
+        assert await settled(presser) == world.bob.id
+
+    assert callback.type == 7
+    assert command.original.content == "again, by bob"
+    assert command.original.components == []
+    assert press.original is command.original
+
+
+async def test_command_sync_is_recorded_and_declares_option_types(world: World) -> None:
+    bot = make_bot()
+    got = outcome()
+    settings = app_commands.Group(name="jamcfg", description="Settings")
+    channels = app_commands.Group(name="settings", description="Settings", parent=settings)
+
+    @bot.tree.command(description="Level")
+    async def level(interaction: discord.Interaction, amount: float, who: discord.Member) -> None:
+        got.set_result((amount, who.id))
+        await interaction.response.send_message("ok")
+
+    @channels.command(description="Pick the jam channel")
+    async def pick(interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        got.set_result(channel.id)
+        await interaction.response.send_message("ok")
+
+    bot.tree.add_command(settings)
+    async with connected(world.fake, bot):
+        await bot.tree.sync()
+        assert world.fake.command_puts == 1
+        assert {command["name"] for command in world.fake.commands["global"]} == {"level", "jamcfg"}
+        first = await world.fake.send_command("level", {"amount": 2, "who": world.bob}, user=world.alice,
+                                              guild=world.guild, channel=world.channel)
+        await first.wait_callback()
+        assert await settled(got) == (2.0, world.bob.id)
+        assert first.payload["data"]["options"][0] == {"name": "amount", "type": 10, "value": 2.0}
+
+        got = outcome()
+        second = await world.fake.send_command("jamcfg", {"channel": world.channel}, subcommands=("settings", "pick"),
+                                               user=world.alice, guild=world.guild, channel=world.channel)
+        await second.wait_callback()
+        assert await settled(got) == world.channel.id
+        await bot.tree.sync(guild=discord.Object(world.guild.id))
+    assert world.fake.command_puts == 2
+    assert world.fake.commands[world.guild.id] == []
+    assert world.fake.validation_errors == []
+
+
+async def test_autocomplete_and_dm_interactions(world: World) -> None:
+    bot = make_bot()
+    where = outcome()
+
+    async def styles(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        matches = [style for style in ("lofi", "lounge", "techno") if style.startswith(current)]
+        return [app_commands.Choice(name=style, value=style) for style in matches]
+
+    @bot.tree.command(description="Jam in a style")
+    @app_commands.autocomplete(style=styles)
+    async def styled(interaction: discord.Interaction, style: str) -> None:
+        where.set_result((interaction.guild, interaction.user.id))
+        await interaction.response.send_message(style)
+
+    async with connected(world.fake, bot):
+        typing = await world.fake.send_autocomplete("styled", {"style": "lo"}, focused="style", user=world.alice,
+                                                    guild=world.guild, channel=world.channel)
+        callback = await typing.wait_callback()
+        dm = await world.fake.send_command("styled", {"style": "lofi"}, user=world.alice, guild=None, channel=4242)
+        await dm.wait_callback()
+        assert await settled(where) == (None, world.alice.id)
+
+    assert callback.type == 8
+    assert callback.data == {"choices": [{"name": "lofi", "value": "lofi"}, {"name": "lounge", "value": "lounge"}]}
+    assert dm.original is not None and dm.original.channel_id == 4242
+
+
+@pytest.mark.skipif(not default_spec_path().exists(), reason="Discord's OpenAPI description is not available")
+async def test_invalid_bodies_are_refused_and_collected(world: World) -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+    async with connected(world.fake, client):
+        # Route reads Route.BASE when it is built: build it while discord.py points at the fake.
+        route = Route("POST", "/channels/{channel_id}/messages", channel_id=world.channel.id)
+        with pytest.raises(discord.HTTPException) as too_long:
+            await client.http.request(route, json={"content": "x" * 2500})
+        with pytest.raises(discord.HTTPException) as wrong_type:
+            await client.http.request(route, json={"content": "ok", "tts": "yes"})
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        with pytest.raises(discord.HTTPException) as multipart:  # payload_json of a multipart body
+            await channel.send("y" * 2001, file=discord.File(io.BytesIO(b"RIFF"), "a.wav"))
+        with pytest.raises(discord.NotFound):
+            await client.http.request(Route("GET", "/no/such/route"))
+    assert (too_long.value.status, too_long.value.code) == (400, 50035)
+    assert wrong_type.value.status == multipart.value.status == 400
+    assert len(world.fake.validation_errors) == 3
+    assert world.fake.validation_errors[0].startswith("POST /channels/{channel_id}/messages: content:")
+    assert "tts" in world.fake.validation_errors[1]
+    assert "content" in world.fake.validation_errors[2]
+    assert world.fake.requests[-1].route == "UNKNOWN"
+    assert world.fake.messages == []
+
+
+async def test_server_errors_are_retried_or_raised(world: World) -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+    route = "POST /channels/{channel_id}/messages"
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        world.fake.fail_next(route, 502)
+        await channel.send("after a 502")
+        world.fake.fail_next(route, 503)  # discord.py retries 500/502/504/524 only, on bot-token routes
+        with pytest.raises(discord.DiscordServerError):
+            await channel.send("after a 503")
+    statuses = [request.status for request in world.fake.requests if request.route == route]
+    assert statuses == [502, 200, 503]
+    assert [message.content for message in world.fake.messages] == ["after a 502"]
+
+
+async def test_webhook_503_is_retried(world: World) -> None:
+    bot = make_bot()
+
+    @bot.tree.command(description="Jam")
+    async def jam(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        await interaction.followup.send("made it")
+
+    async with connected(world.fake, bot):
+        world.fake.fail_next("POST /webhooks/{application_id}/{token}", 503)
+        interaction = await world.fake.send_command("jam", user=world.alice, guild=world.guild, channel=world.channel)
+        await world.fake.wait_for(lambda: len(interaction.followups) == 1)
+    statuses = [request.status for request in world.fake.requests if request.route.startswith("POST /webhooks")]
+    assert statuses == [503, 200]
+
+
+async def test_rate_limit_is_waited_out(world: World) -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+    route = "POST /channels/{channel_id}/messages"
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        world.fake.fail_next(route, 429, retry_after=0.3)
+        await channel.send("patiently")
+    limited, passed = [request for request in world.fake.requests if request.route == route]
+    assert (limited.status, passed.status) == (429, 200)
+    assert passed.at - limited.at >= 0.29  # retry_after was honoured
+
+
+async def test_expired_token_and_late_acknowledgement(world: World) -> None:
+    world.fake.interaction_deadline = 0.2
+    bot = make_bot()
+    gate = asyncio.Event()
+    errors: asyncio.Queue[discord.HTTPException] = asyncio.Queue()
+
+    @bot.tree.command(description="Slow")
+    async def slow(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        await gate.wait()
+        try:
+            await interaction.followup.send("too late")
+        except discord.HTTPException as error:
+            await errors.put(error)
+
+    @bot.tree.command(description="Sleepy")
+    async def sleepy(interaction: discord.Interaction) -> None:
+        await asyncio.sleep(0.3)
+        try:
+            await interaction.response.defer()
+        except discord.HTTPException as error:
+            await errors.put(error)
+
+    async with connected(world.fake, bot):
+        interaction = await world.fake.send_command("slow", user=world.alice, guild=world.guild, channel=world.channel)
+        await interaction.wait_callback()
+        world.fake.expire_token(interaction)
+        gate.set()
+        expired = await asyncio.wait_for(errors.get(), 5)
+        late = await world.fake.send_command("sleepy", user=world.alice, guild=world.guild, channel=world.channel)
+        unknown = await asyncio.wait_for(errors.get(), 5)
+
+        async with aiohttp.ClientSession() as session:  # discord.py refuses a second response itself
+            url = f"{world.fake.base_url}/interactions/{interaction.id}/{interaction.token}/callback"
+            async with session.post(url, json={"type": 5}) as again:
+                assert (again.status, (await again.json())["code"]) == (400, 40060)
+
+    assert (expired.status, expired.code) == (401, 50027)
+    assert isinstance(unknown, discord.NotFound) and unknown.code == 10062
+    assert late.callback is None and len(late.rejected_callbacks) == 1
+    assert interaction.followups == []
+
+
+async def test_too_large_upload_is_refused(world: World) -> None:
+    bot = make_bot()
+    refused = outcome()
+
+    @bot.tree.command(description="Big")
+    async def big(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        file = discord.File(io.BytesIO(b"\0" * (interaction.filesize_limit + 1)), "big.wav")
+        try:
+            await interaction.followup.send(file=file)
+        except discord.HTTPException as error:
+            refused.set_result(error)
+
+    async with connected(world.fake, bot):
+        await world.fake.send_command("big", user=world.alice, guild=world.guild, channel=world.channel,
+                                      attachment_size_limit=1024)
+        error = await settled(refused)
+    assert (error.status, error.code) == (413, 40005)
+
+
+async def test_disconnect_then_resume_replays_missed_events(world: World) -> None:
+    bot = make_bot()
+    resumed = asyncio.Event()
+
+    async def on_resumed() -> None:
+        resumed.set()
+
+    bot.add_listener(on_resumed)
+
+    @bot.tree.command(description="Ping")
+    async def ping(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("pong")
+
+    async with connected(world.fake, bot):
+        await world.fake.disconnect(4000)
+        missed = await world.fake.send_command("ping", user=world.alice, guild=world.guild, channel=world.channel)
+        await asyncio.wait_for(resumed.wait(), 5)
+        await missed.wait_callback()
+        after = await world.fake.send_command("ping", user=world.alice, guild=world.guild, channel=world.channel)
+        await after.wait_callback()
+    stats = world.fake.gateway.stats
+    assert (stats.connections, stats.identifies, stats.resumes) == (2, 1, 1)
+
+
+async def test_stale_heartbeat_ack_makes_the_client_reconnect(world: World) -> None:
+    world.fake.gateway.heartbeat_interval_ms = 100
+    bot = make_bot(heartbeat_timeout=0.5)
+
+    @bot.tree.command(description="Ping")
+    async def ping(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("pong")
+
+    async with connected(world.fake, bot):
+        await world.fake.wait_for(lambda: world.fake.gateway.stats.heartbeats >= 2)
+        world.fake.heartbeat_ack = False
+        started = time.monotonic()
+        await world.fake.wait_for(lambda: world.fake.gateway.stats.resumes == 1, timeout=5)
+        world.fake.heartbeat_ack = True
+        interaction = await world.fake.send_command("ping", user=world.alice, guild=world.guild,
+                                                    channel=world.channel)
+        await interaction.wait_callback()
+    assert time.monotonic() - started >= 0.3  # the client waited for heartbeat_timeout before giving up
+
+
+async def test_raw_options_reach_the_bot_unchecked(world: World) -> None:
+    bot = make_bot()
+    got = outcome()
+
+    @bot.tree.command(description="Jam")
+    async def jam(interaction: discord.Interaction, seconds: app_commands.Range[int, 1, 30]) -> None:
+        got.set_result(seconds)
+        await interaction.response.send_message("ok")
+
+    async with connected(world.fake, bot):
+        await bot.tree.sync()
+        declared = world.fake.commands["global"][0]["options"][0]
+        assert (declared["type"], declared["min_value"], declared["max_value"]) == (4, 1, 30)
+        # Discord enforces declared ranges; a test can still send what Discord would not.
+        interaction = await world.fake.send_command("jam", raw_options=[{"name": "seconds", "type": 4, "value": 99}],
+                                                    user=world.alice, guild=world.guild, channel=world.channel)
+        await interaction.wait_callback()
+        assert await settled(got) == 99  # discord.py does not check ranges: the bot has to
+
+
+async def test_wait_for_explains_a_timeout(fake: FakeDiscord) -> None:
+    def never() -> bool:
+        return False
+
+    with pytest.raises(TimeoutError, match=r"never .*last requests: none"):
+        await fake.wait_for(never, timeout=0.05)
+
+
+def test_a_missing_openapi_description_only_disables_validation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("JAMGEN_DISCORD_OPENAPI", str(tmp_path / "missing.json"))
+    assert default_spec_path() == tmp_path / "missing.json"
+    with caplog.at_level(logging.WARNING, logger="tests.fakes.openapi"):
+        assert OpenApiValidator.load() is None
+        assert FakeDiscord().rest.validator is None
+    assert "not validated" in caplog.text
