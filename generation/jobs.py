@@ -23,6 +23,9 @@ PROMPT_MAX_CHARS = 300
 DEFAULT_MAX_DURATION = 30.0
 MIN_DURATION = 1.0
 SEED_MAX = 2**53 - 1  # what a Discord integer option and JSON can carry exactly
+TEMPERATURE_MAX = 5.0  # beyond this MusicGen samples noise
+TOP_K_MAX = 2048  # EnCodec's codebook size: a larger k means no cut-off
+CFG_MAX = 20.0
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -73,16 +76,19 @@ class SamplingParams(BaseModel):
 
     @field_validator("temperature", "cfg_coef")
     @classmethod
-    def _finite_non_negative(cls, value: float) -> float:
+    def _finite_non_negative(cls, value: float, info: ValidationInfo) -> float:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"must be a finite number >= 0 (got {value})")
+        limit = TEMPERATURE_MAX if info.field_name == "temperature" else CFG_MAX
+        if value > limit:
+            raise ValueError(f"must be at most {limit:g} (got {value:g})")
         return value
 
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be >= 0 (got {value})")
+        if not 0 <= value <= TOP_K_MAX:
+            raise ValueError(f"must be between 0 and {TOP_K_MAX} (got {value})")
         return value
 
     @field_validator("top_p")

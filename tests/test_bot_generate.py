@@ -51,3 +51,37 @@ async def test_generate_defers_queues_progresses_and_posts_the_track(
     assert "CC-BY-NC" in embed["footer"]["text"]
     job_id = embed["footer"]["text"].split()[1]
     assert post.custom_ids() == [f"jamgen:{action}:{job_id}" for action in ("regen", "vary", "extend")]
+
+
+async def test_values_outside_the_declared_ranges_are_refused_by_the_bot(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A client that ignores the declared ranges (discord.py passes such values through unchecked)."""
+    cases = [
+        ({"name": "duration", "type": 4, "value": 999}, "duration: must be between 1 and 30 seconds"),
+        ({"name": "duration", "type": 4, "value": "abc"}, "duration: Input should be a valid number"),
+        ({"name": "temperature", "type": 10, "value": 99.0}, "temperature: must be at most 5"),
+        ({"name": "top_k", "type": 4, "value": -3}, "top_k: must be between 0 and 2048"),
+        ({"name": "seed", "type": 4, "value": -1}, "seed: must be between 0 and"),
+        ({"name": "model", "type": 3, "value": "facebook/musicgen-large"}, "This bot serves:"),
+    ]
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        for option, expected in cases:
+            interaction = await world.fake.send_command(
+                "generate", user=world.alice, guild=world.guild, channel=world.jam,
+                raw_options=[{"name": "prompt", "type": 3, "value": "lofi"}, option],
+            )
+            callback = await interaction.wait_callback()
+            assert callback.type == 4 and callback.data is not None and callback.data["flags"] & 64
+            assert expected in callback.data["content"], (option, callback.data["content"])
+            assert "Traceback" not in callback.data["content"]
+
+
+async def test_eta_comes_from_measured_throughput(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, engine={"max_batch": 1}) as bot:
+        await world.result_of(await world.generate(prompt="warm-up"))
+        assert bot.engine.throughput.rate is not None and bot.engine.throughput.rate > 0
+        first, second = await world.generate(prompt="one"), await world.generate(user=world.bob, prompt="two")
+        await world.fake.wait_for(lambda: second.original is not None and "starts in ~" in second.original.content)
+        await world.result_of(first)
+        await world.result_of(second)

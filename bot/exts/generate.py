@@ -17,7 +17,7 @@ from bot.pipeline import Asker
 from bot.store import GuildSettings, JobRecord
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
-from generation.jobs import PROMPT_MAX_CHARS, SEED_MAX, JobRequest, OutputFormat
+from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
 
 if TYPE_CHECKING:
     from bot.app import JamBot
@@ -52,16 +52,16 @@ class Generate(commands.Cog, name="Generate"):
         prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
         duration: app_commands.Range[int, 1, 30] = 8,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
-        temperature: app_commands.Range[float, 0.0, 5.0] = 1.0,
-        top_k: app_commands.Range[int, 0, 2048] = 250,
+        temperature: app_commands.Range[float, 0.0, TEMPERATURE_MAX] = 1.0,
+        top_k: app_commands.Range[int, 0, TOP_K_MAX] = 250,
         top_p: app_commands.Range[float, 0.0, 1.0] = 0.0,
-        cfg: app_commands.Range[float, 0.0, 20.0] = 3.0,
+        cfg: app_commands.Range[float, 0.0, CFG_MAX] = 3.0,
         format: OutputFormat | None = None,
         model: str | None = None,
     ) -> None:
         guild = allowed_here(interaction, self.bot.store)
         fields: dict[str, Any] = {
-            "prompt": prompt, "duration": float(duration), "model": self._model(model),
+            "prompt": prompt, "duration": duration, "model": self._model(model),
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_coef": cfg},
             "format": format or guild.default_format or self.bot.settings.default_format,
         }
