@@ -133,7 +133,7 @@ class Store:
             return None
         keys = ("job_id", "guild_id", "channel_id", "user_id", "request", "state", "audio_path", "created_at")
         data = dict(zip(keys, row, strict=True))
-        data["request"] = JobRequest.model_validate(json.loads(data["request"]))
+        data["request"] = JobRequest.model_validate(json.loads(data["request"]), context={"stored": True})
         return JobRecord.model_validate(data)
 
     # -- meta -------------------------------------------------------------------------------

@@ -159,12 +159,12 @@ class JobRequest(BaseModel):
 
     @field_validator("continue_from")
     @classmethod
-    def _continue_from(cls, value: str | None) -> str | None:
+    def _continue_from(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         if not value.strip():
             raise ValueError("is empty: give the path of the audio file to extend")
-        if not Path(value).is_file():
+        if not (info.context or {}).get("stored") and not Path(value).is_file():  # a record may outlive its clip
             raise ValueError("the clip to extend no longer exists (it may have been cleaned up)")
         return value
 

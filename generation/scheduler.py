@@ -179,7 +179,7 @@ class FairQueue(Generic[Item]):
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     def _take(self, max_size: int) -> list[Item]:

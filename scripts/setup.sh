@@ -14,10 +14,10 @@ apt_packages=(ffmpeg libavformat-dev libavcodec-dev libavdevice-dev libavutil-de
               libswscale-dev libswresample-dev pkg-config gcc)
 
 pick_python() {
-  for candidate in "${PYTHON:-}" python3.11 python3.10 python3; do
+  for candidate in "${PYTHON:-}" python3.11 python3; do
     [ -n "$candidate" ] || continue
     command -v "$candidate" >/dev/null 2>&1 || continue
-    if "$candidate" -c 'import sys, venv, ensurepip; assert sys.version_info[:2] in ((3, 10), (3, 11))' 2>/dev/null; then
+    if "$candidate" -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
       echo "$candidate"; return 0
     fi
   done
@@ -38,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python_bin="${python_bin:-$(pick_python)}" || { echo "jamgen needs Python 3.10 or 3.11" >&2; exit 1; }
+python_bin="${python_bin:-$(pick_python)}" || { echo "jamgen needs Python 3.11" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($python_bin --version)"
   "$python_bin" -m venv .venv

@@ -105,3 +105,18 @@ def test_small_formatters() -> None:
     assert format_seconds(3725) == "1 h 02 min"
     assert progress_bar(0.5, 4) == "██░░"
     assert progress_bar(2.0, 4) == "████"
+
+
+async def test_a_stored_extend_job_loads_after_its_source_clip_is_gone(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.opus"
+    clip.write_bytes(b"x")
+    request = JobRequest.create(prompt="lofi", duration=4.0, continue_from=str(clip))
+    store = Store(tmp_path / "s.sqlite3")
+    await store.open()
+    await store.add_job(
+        JobRecord(job_id="ext", guild_id=1, channel_id=1, user_id=1, request=request, state="queued", created_at=1.0)
+    )
+    clip.unlink()
+    record = await store.job("ext")
+    await store.close()
+    assert record is not None and record.request.continue_from == str(clip)

@@ -170,7 +170,7 @@ class FakeDiscord:
         """Until the client identified and every GUILD_CREATE went out."""
         try:
             await asyncio.wait_for(self.gateway.ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"client did not identify within {timeout}s; {self.summary()}") from None
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> None:

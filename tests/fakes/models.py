@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -62,7 +62,7 @@ def make_snowflake(at: float | None = None) -> int:
 
 def iso_now() -> str:
     """The current time as Discord writes timestamps."""
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 @dataclass
