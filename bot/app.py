@@ -20,7 +20,6 @@ from bot.settings import BotSettings
 from bot.store import Store
 from bot.ui.buttons import result_view
 from generation.errors import ModelLoadError
-from generation.scheduler import FairQueue
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory, Engine
 
@@ -54,7 +53,7 @@ class JamBot(commands.Bot):
         )
         point_discord_at(settings.api_base_url, settings.gateway_url)
         self.settings = settings
-        self.engine = Engine(engine_settings, backend_factory=backend_factory, queue=FairQueue())
+        self.engine = Engine(engine_settings, backend_factory=backend_factory)
         self.store = Store(engine_settings.data_dir / "jamgen.sqlite3")
         self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
         self.models = list(dict.fromkeys(settings.models or [engine_settings.model]))

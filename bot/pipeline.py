@@ -95,7 +95,7 @@ class Pipeline:
         reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
         self.admission.admit(
             f"{asker.guild_id}:{asker.user_id}", self.limits(guild), active=len(self.tickets_of(asker.user_id)),
-            queued_total=len(self.engine.jobs()) + reserved + jobs - 1, exempt=exempt,
+            queued_total=len(self.engine.positions()) + reserved + jobs - 1, exempt=exempt,
         )
         ticket = Ticket(interaction, asker.user_id, asker.guild_id, interaction.channel_id or 0, title, reserved=jobs)
         self._tickets.add(ticket)

@@ -28,7 +28,7 @@ from generation.encode import EncodeOptions, encode, normalize
 from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
-from generation.queue import FifoQueue, JobQueue
+from generation.queue import FairQueue, JobQueue
 from generation.scheduler import Throughput
 from generation.settings import EngineSettings
 
@@ -127,7 +127,7 @@ class Engine:
     ) -> None:
         self.settings = settings or EngineSettings()
         self._backend_factory = backend_factory or self._musicgen
-        self._queue: JobQueue[Any] = queue if queue is not None else FifoQueue()
+        self._queue: JobQueue[Any] = queue if queue is not None else FairQueue()
         self._backends: dict[str, Backend] = {}
         self._handles: dict[str, JobHandle] = {}
         self._cancelled: set[str] = set()

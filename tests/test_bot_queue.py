@@ -48,9 +48,10 @@ async def test_token_bucket_refusal_names_the_time(world: World, tiny_model_dir:
 
 async def test_global_queue_cap(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
     gate, backend = gated(tiny_model_dir)
-    async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, queue_cap=2):
-        await world.generate(prompt="a")
-        await world.generate(user=world.bob, prompt="b")
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, queue_cap=1):
+        running = await world.generate(prompt="a")
+        await world.fake.wait_for(lambda: running.original is not None and "generating" in running.original.content)
+        await world.generate(user=world.bob, prompt="b")  # the one place in the queue (running jobs are not in it)
         text = await refused(await world.generate(user=world.mod, prompt="c"))
         gate.open()
     assert "queue is full" in text

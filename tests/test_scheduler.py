@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from generation.backends.base import BatchListener, GenerationTask
 from generation.jobs import JobRequest
+from generation.queue import FairQueue
 from generation.scheduler import (
     Admission,
-    FairQueue,
     RateLimited,
     Throughput,
     UserLimits,
