@@ -22,8 +22,7 @@ from bot.store import GuildSettings, JobRecord, Store
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
-from generation.errors import GenerationError
-from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Queued, Started
+from generation.events import Cancelled, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
 from generation.scheduler import Admission, UserLimits, estimate_waits
 from generation.worker import Engine
@@ -110,25 +109,28 @@ class Pipeline:
     async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> None:
         """Submit the ticket's jobs (after the deferral) and follow them in an owned task."""
         try:
-            ticket.handles = [self.engine.submit(request) for request in requests]
-        except GenerationError as exc:
+            for request in requests:
+                ticket.handles.append(self.engine.submit(request))
+            for handle in ticket.handles:  # recorded before anyone reads "queued", so buttons work later
+                await self.store.add_job(self._record(ticket, handle))
+        except Exception as exc:
             for handle in ticket.handles:
-                self.engine.cancel(handle.id, "not submitted")
+                self.engine.cancel(handle.id, "not queued")
             self.release(ticket, refund=True)
-            await ticket.interaction.edit_original_response(content=f"❌ {exc}")
+            await ticket.interaction.edit_original_response(content=f"❌ {user_message(exc)}"[:2000])
             return
         for handle in ticket.handles:
             ticket.set_line(handle.id, "⏳ queued")
         task = asyncio.create_task(self._run(ticket), name=f"ticket-{ticket.handles[0].id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        for handle in ticket.handles:
-            await self.store.add_job(
-                JobRecord(
-                    job_id=handle.id, guild_id=ticket.guild_id, channel_id=ticket.channel_id, user_id=ticket.user_id,
-                    request=handle.request, state="queued", created_at=time.time(),
-                )
-            )
+
+    @staticmethod
+    def _record(ticket: Ticket, handle: JobHandle) -> JobRecord:
+        return JobRecord(
+            job_id=handle.id, guild_id=ticket.guild_id, channel_id=ticket.channel_id, user_id=ticket.user_id,
+            request=handle.request, state="queued", created_at=time.time(),
+        )
 
     async def _run(self, ticket: Ticket) -> None:
         async def edit(text: str) -> None:
@@ -159,10 +161,9 @@ class Pipeline:
             await self._set_state(handle.id, "failed")
 
     async def _on_event(self, ticket: Ticket, handle: JobHandle, event: object) -> None:
-        if isinstance(event, Queued | Started | Encoding):
-            if isinstance(event, Started):
-                self._progress[handle.id] = (0.0, time.monotonic())
-                await self._set_state(handle.id, "running")
+        if isinstance(event, Started):
+            self._progress[handle.id] = (0.0, time.monotonic())
+            await self._set_state(handle.id, "running")
         elif isinstance(event, Progress):
             self._progress[handle.id] = (event.fraction, time.monotonic())
         elif isinstance(event, Finished):

@@ -145,3 +145,22 @@ async def test_a_model_failure_is_reported_on_the_job_without_a_traceback(
         await world.result_of(good)
     assert "error id" in bad.original.content
     assert "tensor shape" not in bad.original.content and "Traceback" not in bad.original.content
+
+
+async def test_a_job_that_cannot_be_recorded_is_not_left_running(
+    world: World, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+
+        async def disk_error(*args: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(bot.store, "add_job", disk_error)
+        interaction = await world.generate()
+        await world.fake.wait_for(lambda: interaction.original is not None and "❌" in interaction.original.content)
+        assert "error id" in interaction.original.content and "disk I/O" not in interaction.original.content
+        assert bot.engine.jobs() == [] and bot.pipeline.tickets() == []
+        monkeypatch.undo()
+        assert (await (await world.generate()).wait_callback()).type == 5  # and the bot goes on
