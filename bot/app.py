@@ -15,7 +15,9 @@ from discord.ext import commands
 
 from bot.errors import report
 from bot.exts import EXTENSIONS
+from bot.housekeeping import prune_forever
 from bot.pipeline import Pipeline
+from bot.recovery import recover
 from bot.settings import BotSettings
 from bot.store import Store
 from bot.ui.buttons import result_view
@@ -58,6 +60,7 @@ class JamBot(commands.Bot):
         self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
         self.models = list(dict.fromkeys(settings.models or [engine_settings.model]))
         self._warm_up: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self._closing = False
 
     async def setup_hook(self) -> None:
@@ -67,7 +70,11 @@ class JamBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
+        await recover(self.pipeline)  # before the gateway connects: resumed jobs keep their place
         self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
+        self._housekeeping = asyncio.create_task(
+            prune_forever(self.store, self.settings.retention_days), name="jamgen-housekeeping"
+        )
 
     async def _load_model(self) -> None:
         """Load the model in the background: the bot answers (and queues) while it loads."""
@@ -108,6 +115,9 @@ class JamBot(commands.Bot):
             self._closing = True
             log.info("shutting down")
             try:
+                if self._housekeeping is not None:
+                    self._housekeeping.cancel()
+                    await asyncio.gather(self._housekeeping, return_exceptions=True)
                 await self.pipeline.shutdown(self.settings.shutdown_grace)
                 if self._warm_up is not None:
                     await self._warm_up

@@ -1,26 +1,34 @@
-"""Posting a finished track: a follow-up on the interaction, or the channel once its token is gone."""
+"""Posting a finished track: a follow-up while the interaction token lives, else in the channel.
+
+Discord errors are handled here, once: a 5xx or 429 is retried with backoff (within the
+token's life for follow-ups), a 413 (the upload limit shrank) re-encodes the file smaller,
+and an expired token falls back to the channel, mentioning the user.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import io
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
 import discord
 
-from bot.tickets import Ticket
-from generation.encode import EncodedAudio
+from bot.reply import Reply
+from generation.encode import EncodedAudio, shrink
+from generation.errors import EncodeError
 
 log = logging.getLogger(__name__)
 
-# A follow-up needs the interaction token (15 min). Keep a margin for the upload itself.
-TOKEN_MARGIN = datetime.timedelta(seconds=30)
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+SHRINK_FACTOR = 0.6
 _SLUG = re.compile(r"[^a-z0-9]+")
+
+Send = Callable[[discord.File], Awaitable[discord.Message]]
 
 
 @dataclass(frozen=True)
@@ -29,13 +37,33 @@ class Delivery:
     via: str  # "followup" | "channel"
 
 
+@dataclass(frozen=True)
+class Post:
+    """A track's post: the same for a follow-up and a channel message."""
+
+    user_id: int
+    audio: EncodedAudio
+    filename: str
+    embed: discord.Embed
+    view: discord.ui.View
+    note: str = ""
+
+    @property
+    def content(self) -> str:
+        return f"<@{self.user_id}> your track is ready{self.note}"
+
+    @property
+    def mentions(self) -> discord.AllowedMentions:
+        return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self.user_id)])
+
+
 def file_name(prompt: str, seed: int, audio: EncodedAudio) -> str:
     slug = _SLUG.sub("-", prompt.lower()).strip("-")[:40] or "track"
     return f"{slug}-{seed}.{audio.extension}"
 
 
 async def save_audio(directory: Path, job_id: str, audio: EncodedAudio) -> Path:
-    """Keep the file for ⏩ Extend (and, later, redelivery)."""
+    """Keep the file until delivery is confirmed (and for ⏩ Extend, until retention prunes it)."""
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     path = directory / f"{job_id}.{audio.extension}"
     async with aiofiles.open(path, "wb") as out:
@@ -43,40 +71,73 @@ async def save_audio(directory: Path, job_id: str, audio: EncodedAudio) -> Path:
     return path
 
 
-def token_usable(interaction: discord.Interaction) -> bool:
-    return discord.utils.utcnow() + TOKEN_MARGIN < interaction.expires_at
-
-
-def _is_token_gone(exc: discord.HTTPException) -> bool:
+def token_gone(exc: discord.HTTPException) -> bool:
     # 401 Invalid Webhook Token (50027), 404 Unknown Webhook / interaction (10015 / 10062)
     return exc.status in (401, 404) or exc.code in (50027, 10015, 10062)
 
 
-async def deliver(
-    client: discord.Client,
-    ticket: Ticket,
-    audio: EncodedAudio,
-    filename: str,
-    embed: discord.Embed,
-    view: discord.ui.View,
-) -> Delivery:
-    """Post ``audio`` for ``ticket``'s user. Pings only that user, never roles or everyone."""
-    mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(ticket.user_id)])
-    content = f"<@{ticket.user_id}> your track is ready"
-    if token_usable(ticket.interaction):
+def too_large(exc: discord.HTTPException) -> bool:
+    return exc.status == 413 or exc.code == 40005
+
+
+def retryable(exc: discord.HTTPException) -> bool:
+    return exc.status >= 500 or exc.status == 429
+
+
+async def deliver(reply: Reply, post: Post) -> Delivery:
+    """Post ``post`` for ``reply``'s user. Pings only that user, never roles or everyone."""
+    if reply.token_usable():
         try:
-            sent = await ticket.interaction.followup.send(
-                content, file=discord.File(io.BytesIO(audio.data), filename), embed=embed, view=view,
-                allowed_mentions=mentions, wait=True,
-            )
-            return Delivery(sent.id, "followup")
+            message = await _with_retries(post, lambda file: _followup(reply, post, file), reply.token_usable)
+            return Delivery(message.id, "followup")
         except discord.HTTPException as exc:
-            if not _is_token_gone(exc):
+            if not (token_gone(exc) or retryable(exc)):
                 raise
-            log.info("interaction token of ticket for user %s is gone; posting in the channel", ticket.user_id)
-    channel = client.get_partial_messageable(ticket.channel_id, guild_id=ticket.guild_id)
-    message = await channel.send(
-        f"{content} (your request waited longer than Discord lets a reply wait, so it is posted here)",
-        file=discord.File(io.BytesIO(audio.data), filename), embed=embed, view=view, allowed_mentions=mentions,
-    )
+            log.info("follow-up for user %s failed (%s); posting in the channel", reply.user_id, exc.status)
+    channel_post = Post(post.user_id, post.audio, post.filename, post.embed, post.view,
+                        " (the reply window had closed, so it is posted here)")
+    message = await _with_retries(channel_post, lambda file: _to_channel(reply, channel_post, file), lambda: True)
     return Delivery(message.id, "channel")
+
+
+async def _followup(reply: Reply, post: Post, file: discord.File) -> discord.Message:
+    return await reply.webhook.send(
+        post.content, file=file, embed=post.embed, view=post.view, allowed_mentions=post.mentions, wait=True
+    )
+
+
+async def _to_channel(reply: Reply, post: Post, file: discord.File) -> discord.Message:
+    return await reply.channel.send(
+        post.content, file=file, embed=post.embed, view=post.view, allowed_mentions=post.mentions
+    )
+
+
+async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool]) -> discord.Message:
+    """Send, retrying server errors with backoff and re-encoding smaller after a 413."""
+    audio = post.audio
+    delays = iter(RETRY_DELAYS)
+    while True:
+        try:
+            return await send(discord.File(io.BytesIO(audio.data), _renamed(post.filename, audio)))
+        except discord.HTTPException as exc:
+            if too_large(exc):
+                audio = await _smaller(audio)
+                continue
+            delay = next(delays, None) if retryable(exc) else None
+            if delay is None or not still_ok():
+                raise
+            log.warning("Discord answered %s; retrying in %.0f s", exc.status, delay)
+            await asyncio.sleep(delay)
+
+
+async def _smaller(audio: EncodedAudio) -> EncodedAudio:
+    target = int(len(audio.data) * SHRINK_FACTOR)
+    log.info("upload refused as too large (%d bytes); re-encoding under %d", len(audio.data), target)
+    try:
+        return await asyncio.to_thread(shrink, audio, target)
+    except EncodeError as exc:
+        raise EncodeError(f"The track is larger than this channel's upload limit, even re-encoded ({exc})") from exc
+
+
+def _renamed(filename: str, audio: EncodedAudio) -> str:
+    return f"{filename.rsplit('.', 1)[0]}.{audio.extension}"

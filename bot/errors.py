@@ -8,12 +8,14 @@ Anything raised by a command, a button or the job pipeline ends up in :func:`rep
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 
 import discord
 from discord import app_commands
 
+from bot.ui.text import safe
 from generation.errors import GenerationError
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,20 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
+STALE_COMMAND = "That command isn't available (the bot may have just been updated); try again in a minute."
+
+
 def user_message(error: BaseException) -> str:
     """What the user reads for ``error``. Unexpected errors are logged here, with their id."""
+    if isinstance(error, app_commands.TransformerError) and not isinstance(error.__cause__, UserError):
+        log.info("option value refused: %s", error, exc_info=error.__cause__)
+        return bad_option(error)
     error = _unwrap(error)
     if isinstance(error, UserError | GenerationError):
         return str(error)
+    if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+        log.info("stale command from a client: %s", error)  # Discord's copy of the commands is out of date
+        return STALE_COMMAND
     if isinstance(error, app_commands.MissingPermissions):
         return "You need the Manage Server permission for that."
     if isinstance(error, app_commands.NoPrivateMessage):
@@ -56,15 +67,34 @@ def user_message(error: BaseException) -> str:
         return "You can't use this command here."
     error_id = new_error_id()
     log.error("unexpected error [error %s]", error_id, exc_info=error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"The bot's disk is full, so your track could not be kept (error id `{error_id}`). Tell the admins."
     return f"Something went wrong on our side (error id `{error_id}`). The admins can find it in the log."
 
 
+def bad_option(error: app_commands.TransformerError) -> str:
+    """An option value discord.py could not convert: a client that ignores the declared types or choices."""
+    value = safe(str(error.value), 40)
+    choices = getattr(error.transformer, "choices", None)
+    if choices:
+        expected = "one of " + ", ".join(safe(str(choice.value), 40) for choice in choices[:25])
+    else:
+        expected = "a " + error.type.name.replace("_", " ")
+    return f'The value "{value}" doesn\'t fit that option (expected {expected}). Pick it from the list and try again.'
+
+
 async def reply_ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """Answer ``interaction`` privately, whether or not it was already acknowledged."""
+    """Answer ``interaction`` privately, whether or not it was already acknowledged.
+
+    An autocomplete request can only be answered with choices: it gets none.
+    """
     text = text[:1900]
     mentions = discord.AllowedMentions.none()
     try:
-        if interaction.response.is_done():
+        if interaction.type is discord.InteractionType.autocomplete:
+            if not interaction.response.is_done():
+                await interaction.response.autocomplete([])
+        elif interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=mentions)
         else:
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=mentions)

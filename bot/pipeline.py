@@ -1,8 +1,9 @@
-"""The bot's side of a job: admit, submit, follow its events, edit the status, deliver.
+"""The bot's side of a job: admit, journal, submit, follow its events, edit the status, deliver.
 
 One :class:`Ticket` per request. Each ticket runs as one task the pipeline owns and
 awaits at shutdown (no fire-and-forget): it follows every job's event stream, keeps a
-throttled status message up to date and posts each result.
+throttled status message up to date and posts each result. Every step is journaled
+(:mod:`bot.journal`) so that a restart can pick up where the bot stopped (:mod:`bot.recovery`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.delivery import deliver, file_name, save_audio
+from bot.delivery import Post, deliver, file_name, save_audio
 from bot.errors import UserError, user_message
+from bot.journal import JobRecord, State
+from bot.reply import Reply
 from bot.settings import BotSettings
-from bot.store import GuildSettings, JobRecord, Store
+from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
-from generation.events import Cancelled, Failed, Finished, JobHandle, JobState, Progress, Started
+from generation.encode import EncodedAudio
+from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
 from generation.scheduler import Admission, UserLimits, estimate_waits
 from generation.worker import Engine
@@ -30,8 +34,8 @@ from generation.worker import Engine
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
-RESTART_QUEUED = "The bot is restarting and your job had not started: please send it again in a minute."
-RESTART_RUNNING = "The bot stopped before your job finished: please send it again in a minute."
+SNAPSHOT_TTL = 0.25  # seconds a computed queue snapshot (positions, ETAs) is reused
+PAUSED = "⏸ The bot is restarting: your job keeps its place and goes on when the bot is back."
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ class Asker:
         return cls(interaction.user.id, interaction.guild_id, frozenset(role.id for role in roles))
 
 
+@dataclass(frozen=True)
+class Timing:
+    queued_for: float
+    generated_in: float
+
+
 class Pipeline:
     def __init__(
         self, client: discord.Client, engine: Engine, store: Store, settings: BotSettings, view_factory: ViewFactory,
@@ -59,11 +69,13 @@ class Pipeline:
         self.settings = settings
         self.admission = Admission(clock)
         self.accepting = True
+        self.stopping = False
         self._view_factory = view_factory
         self._tickets: set[Ticket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress: dict[str, tuple[float, float]] = {}  # job id -> (fraction, when)
-        self._audio_dir = engine.settings.data_dir / "audio"
+        self.audio_dir = engine.settings.data_dir / "audio"
+        self._snapshot_at: tuple[float, tuple[dict[str, int], dict[str, tuple[float, float]] | None]] | None = None
 
     # -- limits ---------------------------------------------------------------------------
     def limits(self, guild: GuildSettings) -> UserLimits:
@@ -82,8 +94,12 @@ class Pipeline:
     def tickets(self) -> list[Ticket]:
         return sorted(self._tickets, key=lambda ticket: ticket.created_at)
 
-    def tickets_of(self, user_id: int) -> list[Ticket]:
-        return [ticket for ticket in self._tickets if ticket.user_id == user_id]
+    def tickets_of(self, user_id: int, guild_id: int | None = None) -> list[Ticket]:
+        """The user's live tickets (in one guild, when given: limits are per person, per server)."""
+        return [
+            ticket for ticket in self._tickets
+            if ticket.user_id == user_id and (guild_id is None or ticket.guild_id == guild_id)
+        ]
 
     def admit(self, asker: Asker, jobs: int, title: str, interaction: discord.Interaction) -> Ticket:
         """Check every limit synchronously (before the deferral) and reserve a ticket."""
@@ -92,11 +108,12 @@ class Pipeline:
         guild = self.store.guild(asker.guild_id)
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
         reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
+        active = len(self.tickets_of(asker.user_id, asker.guild_id))
         self.admission.admit(
-            f"{asker.guild_id}:{asker.user_id}", self.limits(guild), active=len(self.tickets_of(asker.user_id)),
+            f"{asker.guild_id}:{asker.user_id}", self.limits(guild), active=active,
             queued_total=len(self.engine.positions()) + reserved + jobs - 1, exempt=exempt,
         )
-        ticket = Ticket(interaction, asker.user_id, asker.guild_id, interaction.channel_id or 0, title, reserved=jobs)
+        ticket = Ticket(Reply.of(interaction), title, reserved=jobs)
         self._tickets.add(ticket)
         return ticket
 
@@ -107,41 +124,51 @@ class Pipeline:
 
     # -- launching --------------------------------------------------------------------------
     async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> None:
-        """Submit the ticket's jobs (after the deferral) and follow them in an owned task."""
+        """Submit the ticket's jobs and journal them (before the user reads "queued"), then follow them."""
         try:
             for request in requests:
                 ticket.handles.append(self.engine.submit(request))
-            for handle in ticket.handles:  # recorded before anyone reads "queued", so buttons work later
-                await self.store.add_job(self._record(ticket, handle))
+            await self.store.journal.add(self._record(ticket, handle) for handle in ticket.handles)
         except Exception as exc:
             for handle in ticket.handles:
                 self.engine.cancel(handle.id, "not queued")
             self.release(ticket, refund=True)
-            await ticket.interaction.edit_original_response(content=f"❌ {user_message(exc)}"[:2000])
+            await ticket.reply.edit_status(f"❌ {user_message(exc)}"[:2000])
             return
+        self.follow(ticket)
+
+    def follow(self, ticket: Ticket, kept: Sequence[JobRecord] = ()) -> None:
+        """Run the ticket in an owned task: its jobs' events, and the delivery of ``kept`` audio."""
+        self._tickets.add(ticket)
         for handle in ticket.handles:
             ticket.set_line(handle.id, "⏳ queued")
-        task = asyncio.create_task(self._run(ticket), name=f"ticket-{ticket.handles[0].id}")
+        task = asyncio.create_task(self._run(ticket, kept), name=f"ticket-{ticket.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _record(ticket: Ticket, handle: JobHandle) -> JobRecord:
+        reply = ticket.reply
         return JobRecord(
-            job_id=handle.id, guild_id=ticket.guild_id, channel_id=ticket.channel_id, user_id=ticket.user_id,
-            request=handle.request, state="queued", created_at=time.time(),
+            job_id=handle.id, ticket_id=ticket.id, guild_id=reply.guild_id, channel_id=reply.channel_id,
+            user_id=reply.user_id, request=handle.request, title=ticket.title, application_id=reply.application_id,
+            token=reply.token, interaction_at=reply.interaction_at, created_at=time.time(),
         )
 
-    async def _run(self, ticket: Ticket) -> None:
+    async def _run(self, ticket: Ticket, kept: Sequence[JobRecord]) -> None:
         async def edit(text: str) -> None:
-            mentions = discord.AllowedMentions.none()
-            await ticket.interaction.edit_original_response(content=text, allowed_mentions=mentions)
+            if await ticket.reply.edit_status(text) and ticket.reply.status_message_id is not None:
+                await self.store.journal.set_status_message(ticket.id, ticket.reply.status_message_id)
 
         status = ThrottledEditor(edit, self.settings.edit_interval)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(status.run())
-                await asyncio.gather(*(self._follow(ticket, handle, status) for handle in ticket.handles))
+                status.set(lambda: self._render(ticket))
+                await asyncio.gather(
+                    *(self._follow(ticket, handle, status) for handle in ticket.handles),
+                    *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record)) for record in kept),
+                )
                 status.close()
         finally:
             self.release(ticket)
@@ -149,60 +176,96 @@ class Pipeline:
                 self._progress.pop(handle.id, None)
 
     async def _follow(self, ticket: Ticket, handle: JobHandle, status: ThrottledEditor) -> None:
-        """Turn one job's events into status lines, and its result into a post. Never raises."""
-        try:
+        async def events() -> None:
             async for event in handle.events():
                 await self._on_event(ticket, handle, event)
-                status.set(self._render(ticket))
+                status.set(lambda: self._render(ticket))
+
+        await self._guard(ticket, handle.id, status, events())
+
+    async def _guard(self, ticket: Ticket, job_id: str, status: ThrottledEditor, work: object) -> None:
+        """The job pipeline's error boundary: whatever fails, the user reads why (with an error id)."""
+        try:
+            await work  # type: ignore[misc]
         except Exception as exc:
-            ticket.set_line(handle.id, ended_line("failed", user_message(exc)))
-            self.engine.cancel(handle.id, "delivery failed")
+            reason = user_message(exc)
+            ticket.set_line(job_id, ended_line("failed", reason))
+            self.engine.cancel(job_id, "delivery failed")
             status.set(ticket.render())
-            await self._set_state(handle.id, "failed")
+            await self._journal(job_id, State.FAILED, reason=reason)
+            await self._tell_if_gone(ticket, f"your track `{job_id}` failed: {reason}")
 
     async def _on_event(self, ticket: Ticket, handle: JobHandle, event: object) -> None:
         if isinstance(event, Started):
             self._progress[handle.id] = (0.0, time.monotonic())
-            await self._set_state(handle.id, "running")
+            await self._journal(handle.id, State.RUNNING)
         elif isinstance(event, Progress):
             self._progress[handle.id] = (event.fraction, time.monotonic())
+        elif isinstance(event, Encoding):
+            await self._journal(handle.id, State.ENCODING)
         elif isinstance(event, Finished):
-            ticket.set_line(handle.id, "📤 uploading")
-            await self._deliver(ticket, handle, event)
+            started = handle.started_at or handle.submitted_at
+            done = handle.finished_at or time.monotonic()
+            await self._deliver(ticket, handle.id, handle.request, event.audio,
+                                Timing(started - handle.submitted_at, done - started))
         elif isinstance(event, Failed):
             ticket.set_line(handle.id, ended_line("failed", event.reason))
-            await self._set_state(handle.id, "failed")
+            await self._journal(handle.id, State.FAILED, reason=event.reason)
+            await self._tell_if_gone(ticket, f"your track `{handle.id}` failed: {event.reason}")
         elif isinstance(event, Cancelled):
-            ticket.set_line(handle.id, ended_line("cancelled", event.reason))
-            await self._set_state(handle.id, "cancelled")
+            await self._on_cancelled(ticket, handle, event)
 
-    async def _deliver(self, ticket: Ticket, handle: JobHandle, event: Finished) -> None:
-        request, audio = handle.request, event.audio
-        path = await save_audio(self._audio_dir, handle.id, audio)
-        started = handle.started_at or handle.submitted_at
+    async def _on_cancelled(self, ticket: Ticket, handle: JobHandle, event: Cancelled) -> None:
+        if self.stopping:  # not the user's doing: the journal keeps the job for the next start
+            ticket.set_line(handle.id, PAUSED)
+            await self._journal(handle.id, State.QUEUED, detail="the bot stopped")
+            return
+        ticket.set_line(handle.id, ended_line("cancelled", event.reason))
+        await self._journal(handle.id, State.CANCELLED, reason=event.reason)
+
+    # -- delivery -----------------------------------------------------------------------------
+    async def _deliver(
+        self, ticket: Ticket, job_id: str, request: JobRequest, audio: EncodedAudio, timing: Timing
+    ) -> None:
+        ticket.set_line(job_id, "📤 uploading")
+        path = await save_audio(self.audio_dir, job_id, audio)
+        await self.store.journal.move(job_id, State.DELIVERING, audio_path=str(path))
         embed = result_embed(
-            request, job_id=handle.id, user_id=ticket.user_id, queued_for=started - handle.submitted_at,
-            generated_in=(handle.finished_at or time.monotonic()) - started, length=audio.duration,
+            request, job_id=job_id, user_id=ticket.user_id, queued_for=timing.queued_for,
+            generated_in=timing.generated_in, length=audio.duration,
             title=ticket.title.split("\n", 1)[0][:256].replace("**", ""),
         )
-        done = await deliver(
-            self.client, ticket, audio, file_name(request.prompt, request.seed, audio), embed,
-            self._view_factory(handle.id),
-        )
+        post = Post(ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed,
+                    self._view_factory(job_id))
+        done = await deliver(ticket.reply, post)
+        await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
         where = "below" if done.via == "followup" else "in the channel"
-        ticket.set_line(handle.id, ended_line("done", f"posted {where}"))
-        await self.store.set_job_state(handle.id, "delivered", str(path))
+        ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
-    async def _set_state(self, job_id: str, state: str) -> None:
+    async def _redeliver(self, ticket: Ticket, record: JobRecord) -> None:
+        from bot.recovery import already_posted, kept_audio, timing_of  # recovery builds on this module
+
+        if record.state is State.DELIVERING and await already_posted(self.client, ticket.reply, record.job_id):
+            await self.store.journal.move(record.job_id, State.DELIVERED, detail="found posted after a restart")
+            ticket.set_line(record.job_id, ended_line("done", "posted"))
+            return
+        audio = await kept_audio(record)
+        await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
+
+    async def _journal(self, job_id: str, state: State, detail: str | None = None, **fields: object) -> None:
         try:
-            await self.store.set_job_state(job_id, state)
+            await self.store.journal.move(job_id, state, detail, **fields)
         except Exception:
-            log.exception("could not record job %s as %s", job_id, state)
+            log.exception("could not journal job %s as %s", job_id, state.value)
+
+    async def _tell_if_gone(self, ticket: Ticket, text: str) -> None:
+        """When the status message can no longer be edited, say it in the channel instead."""
+        if not ticket.reply.token_usable(margin=5):
+            await ticket.reply.tell(text)
 
     # -- status text ------------------------------------------------------------------------
     def _render(self, ticket: Ticket) -> str:
-        waits = self.waits()
-        positions = self.engine.positions()
+        positions, waits = self._snapshot()
         for handle in ticket.handles:
             if handle.state is JobState.QUEUED and handle.id in positions:
                 wait = waits[handle.id][0] if waits and handle.id in waits else None
@@ -225,6 +288,17 @@ class Pipeline:
 
     def waits(self) -> dict[str, tuple[float, float]] | None:
         """job id -> (seconds until it starts, seconds until it is done), from measured throughput."""
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[dict[str, int], dict[str, tuple[float, float]] | None]:
+        """Positions and waits, computed at most every ``SNAPSHOT_TTL`` s: each is a pass over the whole queue,
+        and with hundreds of tickets rendering their status, recomputing per ticket is quadratic."""
+        now = time.monotonic()
+        if self._snapshot_at is None or now - self._snapshot_at[0] > SNAPSHOT_TTL:
+            self._snapshot_at = (now, (self.engine.positions(), self._compute_waits()))
+        return self._snapshot_at[1]
+
+    def _compute_waits(self) -> dict[str, tuple[float, float]] | None:
         positions = self.engine.positions()
         queued = sorted((job for job in self.engine.jobs() if job.id in positions), key=lambda job: positions[job.id])
         running = [job for job in self.engine.jobs() if job.state is JobState.RUNNING]
@@ -236,17 +310,17 @@ class Pipeline:
 
     # -- shutdown -----------------------------------------------------------------------------
     async def shutdown(self, grace: float) -> None:
-        """Refuse new work, tell queued users, let the running batch finish (up to ``grace`` s), close."""
+        """Refuse new work; queued jobs keep their place in the journal; the running batch gets ``grace`` s."""
         self.accepting = False
+        self.stopping = True
         for handle in self.engine.jobs():
             if handle.state is JobState.QUEUED:
-                self.engine.cancel(handle.id, RESTART_QUEUED)
+                self.engine.cancel(handle.id, "paused")
         running = [asyncio.ensure_future(handle.outcome()) for handle in self.engine.jobs()]
         if running:
             log.info("waiting up to %.0f s for %d running jobs", grace, len(running))
             await asyncio.wait(running, timeout=grace)
-        await self.engine.close(RESTART_RUNNING)
+        await self.engine.close("paused")
         await asyncio.gather(*running, return_exceptions=True)
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-

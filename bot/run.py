@@ -12,15 +12,19 @@ from pathlib import Path
 import discord
 
 from bot.errors import ConfigError
+from bot.preflight import DEFAULT_PROBES, Probes, preflight
 from bot.settings import load_settings
 
 log = logging.getLogger("jamgen")
 
 
-async def serve(env_file: Path | None = Path(".env")) -> int:
-    from bot.app import JamBot  # imports torch-free code only; the model loads in the background
-
+async def serve(env_file: Path | None = Path(".env"), probes: Probes = DEFAULT_PROBES) -> int:
     settings, engine_settings = load_settings(env_file)
+    preflight(settings.default_format, engine_settings.data_dir, probes)
+    # After the preflight: bot.app needs PyAV, whose absence the preflight explains. It imports torch-free
+    # code only; the model loads in the background.
+    from bot.app import JamBot
+
     bot = JamBot(settings, engine_settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -43,7 +47,8 @@ async def serve(env_file: Path | None = Path(".env")) -> int:
     return 0
 
 
-def main(env_file: Path | None = Path(".env"), verbose: bool = False) -> int:
+def main(env_file: Path | None = Path(".env"), verbose: bool = False, probes: Probes = DEFAULT_PROBES) -> int:
+    """Run the bot; a configuration or set-up problem is printed with its fix (no traceback), exit code 2."""
     warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -51,7 +56,7 @@ def main(env_file: Path | None = Path(".env"), verbose: bool = False) -> int:
     )
     logging.getLogger("discord").setLevel(logging.INFO if verbose else logging.WARNING)
     try:
-        return asyncio.run(serve(env_file))
+        return asyncio.run(serve(env_file, probes))
     except ConfigError as exc:
         sys.stderr.write(f"jamgen: {exc}\n")
         return 2

@@ -5,7 +5,9 @@ The token is a :class:`~pydantic.SecretStr`: it prints as ``**********`` in logs
 
 from __future__ import annotations
 
+import logging
 import re
+import stat
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -14,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import ConfigError
 from generation.jobs import OutputFormat
 from generation.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+PRIVATE_MODE_MASK = 0o077  # any access for the group or others
 
 DISCORD_API = "https://discord.com/api/v10"
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
@@ -66,6 +72,10 @@ class BotSettings(BaseSettings):
         OutputFormat.OPUS, validation_alias=_alias("JAMGEN_DEFAULT_FORMAT", "default_format")
     )
     edit_interval: float = Field(1.5, ge=0.0, le=60, validation_alias=_alias("JAMGEN_EDIT_INTERVAL", "edit_interval"))
+    retention_days: float = Field(
+        7.0, gt=0, le=3650, validation_alias=_alias("JAMGEN_RETENTION_DAYS", "retention_days"),
+        description="finished jobs and their audio files are forgotten after this many days",
+    )
     shutdown_grace: float = Field(
         60.0, ge=0.0, le=900, validation_alias=_alias("JAMGEN_SHUTDOWN_GRACE", "shutdown_grace"),
         description="seconds a stopping bot lets the running batch finish and be delivered",
@@ -102,8 +112,28 @@ def _describe(exc: ValidationError) -> str:
     return "Invalid settings (see .env.example):\n" + "\n".join(lines)
 
 
+def env_file_exposure(env_file: Path | None) -> str | None:
+    """What is wrong with ``env_file``'s permissions (it holds the token), or ``None`` when it is private."""
+    if env_file is None:
+        return None
+    try:
+        mode = stat.S_IMODE(env_file.stat().st_mode)
+    except OSError:  # no .env: the settings come from the environment
+        return None
+    if not mode & PRIVATE_MODE_MASK:
+        return None
+    return (f"{env_file} holds the bot token but its mode is {mode:o}, so other users of this machine can "
+            f"access it: run `chmod 600 {env_file}`")
+
+
 def load_settings(env_file: Path | None = Path(".env")) -> tuple[BotSettings, EngineSettings]:
-    """Read and check every setting; raise :class:`ConfigError` with what to fix, never a traceback."""
+    """Read and check every setting; raise :class:`ConfigError` with what to fix, never a traceback.
+
+    Warns (in the log) when ``env_file`` can be read by other users.
+    """
+    exposure = env_file_exposure(env_file)
+    if exposure is not None:
+        log.warning("%s", exposure)
     try:
         bot = BotSettings(_env_file=env_file)  # type: ignore[call-arg]
         engine = EngineSettings(_env_file=env_file)  # type: ignore[call-arg]

@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 class ThrottledEditor:
     """Coalesces updates: :meth:`set` is cheap; :meth:`run` sends the newest text at most every ``interval`` s.
 
+    ``set`` takes the text, or a function that renders it: a busy queue sends many
+    events, and the text is then rendered only when an edit is really due.
     Run :meth:`run` as a task and call :meth:`close` when no more updates will come;
     ``run`` then sends what is pending (still honouring the interval) and returns.
     """
@@ -28,17 +30,15 @@ class ThrottledEditor:
         self._edit = edit
         self._interval = interval
         self._clock = clock
-        self._pending: str | None = None
+        self._pending: Callable[[], str] | None = None
         self._sent: str | None = None
         self._last_at = float("-inf")
         self._wake = asyncio.Event()
         self._closed = False
         self.edits = 0
 
-    def set(self, text: str) -> None:
-        if text == (self._pending if self._pending is not None else self._sent):
-            return
-        self._pending = text
+    def set(self, text: str | Callable[[], str]) -> None:
+        self._pending = text if callable(text) else (lambda: text)
         self._wake.set()
 
     def close(self) -> None:
@@ -57,7 +57,10 @@ class ThrottledEditor:
     async def _flush(self) -> None:
         if self._pending is None:
             return
-        text, self._pending = self._pending, None
+        render, self._pending = self._pending, None
+        text = render()
+        if text == self._sent:
+            return
         self._last_at = self._clock()
         try:
             await self._edit(text)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
-import discord
-
+from bot.reply import Reply
 from bot.ui.text import format_seconds, progress_bar, safe, starts_in
 from generation.events import JobHandle
 
+MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
 
 
@@ -17,22 +18,35 @@ STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "do
 class Ticket:
     """Everything the bot tracks for one request until its last job has ended."""
 
-    interaction: discord.Interaction
-    user_id: int
-    guild_id: int | None
-    channel_id: int
+    reply: Reply
     title: str  # e.g. "🎵 lofi beat · 8 s"
     reserved: int = 1  # jobs it will submit: counted against the queue cap from admission on
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    note: str = ""  # e.g. "the bot restarted"
     handles: list[JobHandle] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)  # job id -> its status line
     created_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def user_id(self) -> int:
+        return self.reply.user_id
+
+    @property
+    def guild_id(self) -> int | None:
+        return self.reply.guild_id
+
+    @property
+    def channel_id(self) -> int:
+        return self.reply.channel_id
 
     def set_line(self, job_id: str, text: str) -> None:
         self.lines[job_id] = text
 
     def render(self) -> str:
-        body = "\n".join(f"`{job_id}` {line}" for job_id, line in self.lines.items())
-        return f"{self.title}\n{body}"[:2000]
+        """The status message: the title, then one line per job; never over Discord's limit."""
+        head = [self.title, self.note] if self.note else [self.title]
+        text = "\n".join([*head, *(f"`{job_id}` {line}" for job_id, line in self.lines.items())])
+        return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
 def title_for(kind: str, prompt: str, duration: float, count: int = 1) -> str:

@@ -260,3 +260,39 @@ def _human(size: int) -> str:
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.1f} MiB"
     return f"{size / 1024:.0f} KiB"
+
+
+_INT_SCALE = {"s16": 2.0**15, "s16p": 2.0**15, "s32": 2.0**31, "s32p": 2.0**31, "u8": 2.0**7, "u8p": 2.0**7}
+
+
+def decode(data: bytes) -> tuple[npt.NDArray[np.float32], int]:
+    """An encoded file back to float32 ``(channels, samples)`` in [-1, 1], and its sample rate."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        blocks = []
+        for frame in container.decode(stream):
+            block = frame.to_ndarray().astype(np.float32)
+            if not frame.format.is_planar:  # interleaved: (1, samples * channels)
+                block = block.reshape(-1, channels).T
+            if frame.format.name.startswith("u8"):
+                block -= 128.0
+            blocks.append(block / _INT_SCALE.get(frame.format.name, 1.0))
+    samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((channels, 0), np.float32)
+    return samples, rate
+
+
+def probe(data: bytes, fmt: OutputFormat) -> EncodedAudio:
+    """Describe an encoded file (a kept one, re-delivered after a restart)."""
+    wav, rate = decode(data)
+    kbps = None if fmt.lossless else round(len(data) * 8 / 1000 / max(wav.shape[1] / rate, 1e-3))
+    return EncodedAudio(data, fmt, rate, wav.shape[1] / rate, kbps)
+
+
+def shrink(audio: EncodedAudio, max_bytes: int) -> EncodedAudio:
+    """Re-encode ``audio`` to fit ``max_bytes``: a lower bitrate; a lossless file becomes Opus."""
+    wav, rate = decode(audio.data)
+    fmt = OutputFormat.OPUS if audio.format.lossless else audio.format
+    bitrate = None if audio.format.lossless else audio.bitrate_kbps
+    return encode(wav, rate, EncodeOptions(fmt, bitrate, Normalization.NONE, max_bytes))

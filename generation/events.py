@@ -94,6 +94,7 @@ class JobHandle:
         self.submitted_at = time.monotonic()
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.attempts = 1  # runs started, counting the first
         self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
         self._outcome: asyncio.Future[TerminalEvent] = asyncio.get_running_loop().create_future()
 

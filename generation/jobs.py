@@ -69,10 +69,11 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float = Field(1.0, description="0 means greedy decoding")
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg_coef: float = 3.0
+    # strict: a bool or a numeric string is a client bug, not a value
+    temperature: float = Field(1.0, strict=True, description="0 means greedy decoding")
+    top_k: int = Field(250, strict=True)
+    top_p: float = Field(0.0, strict=True)
+    cfg_coef: float = Field(3.0, strict=True)
 
     @field_validator("temperature", "cfg_coef")
     @classmethod

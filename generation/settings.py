@@ -36,6 +36,10 @@ class EngineSettings(BaseSettings):
         1, ge=1, le=64, validation_alias=AliasChoices("JAMGEN_MIN_BATCH_ROWS", "min_batch_rows"),
         description="pad each forward pass to this many jobs: 2 makes CPU results bit-identical at any batch size",
     )
+    job_attempts: int = Field(
+        2, ge=1, le=10, validation_alias=AliasChoices("JAMGEN_JOB_ATTEMPTS", "job_attempts"),
+        description="runs a job gets when the worker crashes on it (errors that are not about the job itself)",
+    )
     data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("JAMGEN_DATA_DIR", "data_dir"))
 
     @field_validator("model")

@@ -26,7 +26,7 @@ import numpy as np
 from generation.backends.base import Backend, GenerationTask
 from generation.encode import EncodeOptions, encode, normalize
 from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError
-from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress, Queued, Started
+from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
 from generation.queue import FairQueue, JobQueue
 from generation.scheduler import Throughput
@@ -172,12 +172,15 @@ class Engine:
         await self.loop.run_in_executor(self._gpu, _load, backend)
 
     # -- the public API ------------------------------------------------------------------
-    def submit(self, request: JobRequest) -> JobHandle:
+    def submit(self, request: JobRequest, job_id: str | None = None) -> JobHandle:
+        """Queue ``request``; ``job_id`` keeps a journaled job's id when it is resubmitted after a restart."""
         if self._closing:
             raise EngineClosed("The music engine is shutting down; try again in a minute.")
         if request.duration > self.settings.max_duration:
             raise InvalidJob(f"duration: the limit is {self.settings.max_duration:g} seconds")
-        handle = JobHandle(secrets.token_hex(6), request)
+        if job_id in self._handles:
+            raise ValueError(f"job {job_id} is already in the engine")
+        handle = JobHandle(job_id or secrets.token_hex(6), request)
         self._handles[handle.id] = handle
         self._queue.put(_Pending(handle))
         self._announce_positions()
@@ -219,7 +222,7 @@ class Engine:
         if not handles:
             return
         for handle in handles:
-            if handle.started_at is None:
+            if handle.state is JobState.QUEUED:
                 self._emit(handle.id, Started())
         backend = self._backend(handles[0].request.model)
         listener = _Listener(self, backend, self.settings.progress_interval)
@@ -259,7 +262,14 @@ class Engine:
             await self._run_batch(handles[:middle])
             await self._run_batch(handles[middle:])
             return
-        self._fail_alone(handles[0], exc, oom)
+        handle = handles[0]
+        if not oom and not isinstance(exc, GenerationError) and handle.attempts < self.settings.job_attempts:
+            log.warning("job %s crashed the worker (%r) on run %d: queueing it again", handle.id, exc, handle.attempts)
+            handle.attempts += 1
+            self._queue.put(_Pending(handle))
+            self._announce_positions()
+            return
+        self._fail_alone(handle, exc, oom)
 
     def _fail_alone(self, handle: JobHandle, exc: BaseException, oom: bool) -> None:
         error_id = new_error_id()

@@ -1,4 +1,4 @@
-"""The ``jamgen`` command: run (the Discord bot), generate, doctor, make-test-model."""
+"""The ``jamgen`` command: run (the Discord bot), generate, doctor, stats, make-test-model."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--model", default=None, help="also try loading this model (default: MUSICGEN_MODEL)")
     doctor.add_argument("--skip-model", action="store_true", help="do not try to load the model")
 
+    stats = commands.add_parser("stats", help="jobs in the journal by state, and the audio kept")
+    stats.add_argument("--data-dir", type=Path, default=None, help="default: JAMGEN_DATA_DIR, else data/")
+
     tiny = commands.add_parser("make-test-model", help="write a random-weight MusicGen checkpoint (offline demo)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--scale", choices=["tiny", "small"], default="tiny")
@@ -75,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jamgen.generate import run_generate
 
             return asyncio.run(run_generate(args))
+        if args.command == "stats":
+            from generation.settings import EngineSettings
+            from jamgen.stats import run_stats
+
+            return run_stats(args.data_dir or EngineSettings().data_dir)
         if args.command == "doctor":
             from jamgen.doctor import run_doctor
 

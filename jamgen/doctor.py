@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import platform
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-MIN_FREE_BYTES = 2 * 1024**3
+from bot.preflight import DEFAULT_PROBES, FFMPEG_FIX, Probes, data_dir_problem, ffmpeg_problem, missing_encoders
+from generation.jobs import OutputFormat
+
+MODEL_DOWNLOAD_BYTES = 2 * 1024**3  # below this a hub download may not fit; local checkpoints need nothing
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,20 @@ def check_torch() -> Check:
     )
 
 
-def check_ffmpeg() -> Check:
-    from generation.encode import available_codecs
-
-    missing = [fmt.value for fmt, ok in available_codecs().items() if not ok]
-    binary = shutil.which("ffmpeg")
-    if missing or binary is None:
-        problems = ", ".join(missing) if missing else "the ffmpeg command"
-        fix = "sudo apt-get install ffmpeg (then rerun scripts/setup.sh)"
-        return Check("ffmpeg", False, f"missing: {problems}", fix)
-    return Check("ffmpeg", True, f"{binary}; encoders for opus, mp3, wav and flac")
+def check_ffmpeg(probes: Probes = DEFAULT_PROBES) -> Check:
+    """PyAV (FFmpeg's libraries) loads, has every output format's encoder, and the ffmpeg command exists."""
+    pyav = ffmpeg_problem(probes)
+    if pyav is not None:
+        return Check("ffmpeg", False, pyav.what, pyav.fix)
+    missing = [fmt.value for fmt in missing_encoders(probes)]
+    binary = probes.which("ffmpeg")
+    if missing:
+        detail = f"no encoder for {', '.join(missing)} in this FFmpeg build"
+        fix = f"{FFMPEG_FIX} (until then, do not use {', '.join(missing)}: JAMGEN_DEFAULT_FORMAT, --format)"
+        return Check("ffmpeg", False, detail, fix)
+    if binary is None:
+        return Check("ffmpeg", False, "the ffmpeg command is not on PATH (audiocraft's tools call it)", FFMPEG_FIX)
+    return Check("ffmpeg", True, f"{binary}; encoders for {', '.join(fmt.value for fmt in OutputFormat)}")
 
 
 def check_settings() -> Check:
@@ -67,18 +73,22 @@ def check_settings() -> Check:
     return Check("settings", True, detail + f", max duration {settings.max_duration:g} s")
 
 
-def check_disk() -> Check:
+def check_disk(probes: Probes = DEFAULT_PROBES) -> Check:
+    """The data directory, as the bot's start-up checks it: creatable, writable, at least MIN_FREE_BYTES free."""
     from generation.settings import EngineSettings
 
     try:
         data_dir = EngineSettings().data_dir
     except ValidationError:
-        data_dir = None
-    target = data_dir if data_dir is not None and data_dir.exists() else None
-    free = shutil.disk_usage(target or ".").free
-    ok = free >= MIN_FREE_BYTES
-    fix = "free some space: models take 1-7 GB in ~/.cache/huggingface, and results are written to the data dir"
-    return Check("disk", ok, f"{free / 1024**3:.1f} GiB free", fix)
+        data_dir = EngineSettings.model_fields["data_dir"].default
+    problem = data_dir_problem(data_dir, probes)
+    if problem is not None:
+        return Check("disk", False, problem.what, problem.fix)
+    free = probes.disk_free(data_dir)
+    detail = f"{free / 1024**3:.1f} GiB free in {data_dir}/"
+    if free < MODEL_DOWNLOAD_BYTES:
+        detail += " (a hub model download needs 1-7 GB more in ~/.cache/huggingface)"
+    return Check("disk", True, detail)
 
 
 def check_model(model: str | None) -> Check:
@@ -97,8 +107,10 @@ def check_model(model: str | None) -> Check:
     return Check("model", True, f"{backend.model_id} loads: {backend.sample_rate} Hz, up to {backend.max_duration:g} s")
 
 
-def run_doctor(model: str | None, skip_model: bool = False) -> int:
-    checks: list[Callable[[], Check]] = [check_python, check_torch, check_ffmpeg, check_settings, check_disk]
+def run_doctor(model: str | None, skip_model: bool = False, probes: Probes = DEFAULT_PROBES) -> int:
+    checks: list[Callable[[], Check]] = [
+        check_python, check_torch, lambda: check_ffmpeg(probes), check_settings, lambda: check_disk(probes),
+    ]
     if not skip_model:
         checks.append(lambda: check_model(model))
     problems = 0

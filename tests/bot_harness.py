@@ -86,11 +86,14 @@ async def running_bot(
     *,
     backend_factory: BackendFactory | None = None,
     engine: dict[str, Any] | None = None,
+    client: dict[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[JamBot]:
+    """The bot, connected and with its model loaded. ``engine``: EngineSettings fields; ``client``: discord.py
+    client options; other keywords: BotSettings fields."""
     bot = JamBot(
         bot_settings(fake, **settings), engine_settings(model_dir, data_dir, **(engine or {})),
-        backend_factory=backend_factory, guild_ready_timeout=0.1,
+        backend_factory=backend_factory, guild_ready_timeout=0.1, **(client or {}),
     )
     runner = asyncio.create_task(bot.start(TOKEN), name="test-bot")
     try:

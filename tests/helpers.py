@@ -104,3 +104,30 @@ def decode(data: bytes) -> Decoded:
         channels = stream.codec_context.channels
     samples = np.concatenate([f.reshape(channels, -1) if f.shape[0] != channels else f for f in frames], axis=1)
     return Decoded(rate, channels, samples.shape[1] / rate, samples)
+
+
+def http_error(status: int, code: int = 0, message: str = "error") -> Exception:
+    """A discord.py HTTP exception as its HTTP client raises it."""
+    from unittest import mock
+
+    import discord
+
+    response = mock.Mock(status=status, reason=message)
+    if status >= 500:
+        return discord.DiscordServerError(response, {"code": code, "message": message})
+    return discord.HTTPException(response, {"code": code, "message": message})
+
+
+def spec_reply(*, token_usable: bool = True) -> object:
+    """A :class:`bot.reply.Reply` double, spec'd so that a wrong call fails like the real one."""
+    from unittest import mock
+
+    import discord
+
+    from bot.reply import Reply
+
+    reply = mock.create_autospec(Reply, instance=True, user_id=7, channel_id=1, guild_id=2)
+    reply.token_usable.return_value = token_usable
+    reply.webhook = mock.create_autospec(discord.Webhook, instance=True)
+    reply.channel = mock.create_autospec(discord.PartialMessageable, instance=True)
+    return reply

@@ -157,7 +157,7 @@ async def test_a_job_that_cannot_be_recorded_is_not_left_running(
         async def disk_error(*args: object) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
-        monkeypatch.setattr(bot.store, "add_job", disk_error)
+        monkeypatch.setattr(bot.store.journal, "add", disk_error)
         interaction = await world.generate()
         await world.fake.wait_for(lambda: interaction.original is not None and "❌" in interaction.original.content)
         assert "error id" in interaction.original.content and "disk I/O" not in interaction.original.content

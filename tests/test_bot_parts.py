@@ -8,7 +8,8 @@ from pathlib import Path
 import discord
 import pytest
 
-from bot.store import GuildSettings, JobRecord, Store
+from bot.journal import JobRecord, State
+from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.ui.text import format_seconds, progress_bar, safe
 from generation.jobs import JobRequest, OutputFormat
@@ -64,10 +65,10 @@ async def test_store_keeps_guild_settings_and_jobs_across_reopen(tmp_path: Path)
     await store.open()
     await store.update_guild(42, allowed_channels=(1, 2), max_duration=12, default_format=OutputFormat.MP3)
     request = JobRequest.create(prompt="lofi", duration=4.0, seed=7)
-    await store.add_job(
-        JobRecord(job_id="abc", guild_id=42, channel_id=1, user_id=9, request=request, state="queued", created_at=1.0)
+    await store.journal.add(
+        [JobRecord(job_id="abc", ticket_id="t", guild_id=42, channel_id=1, user_id=9, request=request, created_at=1.0)]
     )
-    await store.set_job_state("abc", "delivered", "/tmp/x.opus")
+    await store.journal.move("abc", State.DELIVERED, audio_path="/tmp/x.opus", message_id=5)
     await store.set_meta("k", "v")
     await store.close()
 
@@ -75,10 +76,11 @@ async def test_store_keeps_guild_settings_and_jobs_across_reopen(tmp_path: Path)
     await again.open()
     assert again.guild(42) == GuildSettings(allowed_channels=(1, 2), max_duration=12, default_format=OutputFormat.MP3)
     assert again.guild(7) == GuildSettings()
-    record = await again.job("abc")
+    record = await again.journal.get("abc")
     assert record is not None and record.request == request
-    assert (record.state, record.audio_path) == ("delivered", "/tmp/x.opus")
-    assert await again.job("nope") is None
+    assert (record.state, record.audio_path, record.message_id) == (State.DELIVERED, "/tmp/x.opus", 5)
+    assert [state for state, _, _ in await again.journal.events("abc")] == ["queued", "delivered"]
+    assert await again.journal.get("nope") is None
     assert await again.get_meta("k") == "v"
     await again.close()
 
@@ -113,10 +115,10 @@ async def test_a_stored_extend_job_loads_after_its_source_clip_is_gone(tmp_path:
     request = JobRequest.create(prompt="lofi", duration=4.0, continue_from=str(clip))
     store = Store(tmp_path / "s.sqlite3")
     await store.open()
-    await store.add_job(
-        JobRecord(job_id="ext", guild_id=1, channel_id=1, user_id=1, request=request, state="queued", created_at=1.0)
+    await store.journal.add(
+        [JobRecord(job_id="ext", ticket_id="t", guild_id=1, channel_id=1, user_id=1, request=request, created_at=1.0)]
     )
     clip.unlink()
-    record = await store.job("ext")
+    record = await store.journal.get("ext")
     await store.close()
     assert record is not None and record.request.continue_from == str(clip)

@@ -13,8 +13,9 @@ from discord.ext import commands
 
 from bot.checks import allowed_here
 from bot.errors import UserError
+from bot.journal import JobRecord
 from bot.pipeline import Asker
-from bot.store import GuildSettings, JobRecord
+from bot.store import GuildSettings
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
 from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
@@ -78,7 +79,7 @@ class Generate(commands.Cog, name="Generate"):
     # -- buttons ------------------------------------------------------------------------
     async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
         guild = allowed_here(interaction, self.bot.store)
-        record = await self.bot.store.job(job_id)
+        record = await self.bot.store.journal.get(job_id)
         if record is None or record.guild_id != interaction.guild_id:
             raise UserError("jamgen doesn't know that track (it may have been pruned). Use /generate.")
         if record.user_id != interaction.user.id:

@@ -24,14 +24,15 @@ class Queue(commands.Cog, name="Queue"):
 
     @app_commands.command(name="queue", description="Your jobs, their places in the queue and ETAs")
     async def queue(self, interaction: discord.Interaction) -> None:
+        """Only your jobs of this server (prompts of other servers stay there), and the totals."""
         pipeline = self.bot.pipeline
         positions = pipeline.engine.positions()
         waits = pipeline.waits() or {}
-        mine = [handle for ticket in pipeline.tickets_of(interaction.user.id) for handle in ticket.handles]
-        lines = [self._line(handle, positions, waits) for handle in mine if not handle.done]
+        mine = [handle for _, handle in self._live(interaction, own_only=True)]
+        lines = [self._line(handle, positions, waits) for handle in reversed(mine)]
         running = sum(1 for job in pipeline.engine.jobs() if job.state is JobState.RUNNING)
         summary = f"**Queue:** {len(positions)} waiting, {running} generating."
-        body = "\n".join(lines) if lines else "You have no jobs queued. Start one with /generate."
+        body = "\n".join(lines) if lines else "You have no jobs queued here. Start one with /generate."
         await interaction.response.send_message(
             f"{summary}\n{body}"[:2000], ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
@@ -64,12 +65,16 @@ class Queue(commands.Cog, name="Queue"):
         return choices[:25]
 
     def _cancellable(self, interaction: discord.Interaction) -> list[tuple[Ticket, JobHandle]]:
-        """Your live jobs; for a moderator, every live job of this guild too. Newest first."""
-        moderator = is_moderator(interaction)
+        """Your live jobs of this guild; for a moderator, every live job of this guild. Newest first."""
+        return self._live(interaction, own_only=not is_moderator(interaction))
+
+    def _live(self, interaction: discord.Interaction, *, own_only: bool) -> list[tuple[Ticket, JobHandle]]:
+        """Live jobs of the guild the interaction comes from (yours only, with ``own_only``). Newest first."""
         found = []
         for ticket in self.bot.pipeline.tickets():
-            if ticket.user_id == interaction.user.id or (moderator and ticket.guild_id == interaction.guild_id):
-                found += [(ticket, handle) for handle in ticket.handles if not handle.done]
+            if ticket.guild_id != interaction.guild_id or (own_only and ticket.user_id != interaction.user.id):
+                continue
+            found += [(ticket, handle) for handle in ticket.handles if not handle.done]
         return sorted(found, key=lambda pair: pair[1].submitted_at, reverse=True)
 
     def _target(self, interaction: discord.Interaction, job: str | None) -> tuple[Ticket, JobHandle]:
@@ -83,7 +88,7 @@ class Queue(commands.Cog, name="Queue"):
         for pair in candidates:
             if pair[1].id == job:
                 return pair
-        raise UserError(f"No job `{safe(job, 40)}` of yours is queued or running. /queue lists them.")
+        raise UserError(f"No job {safe(job, 40)} of yours is queued or running here. /queue lists them.")
 
 
 async def setup(bot: JamBot) -> None:

@@ -1,0 +1,37 @@
+"""Retention: finished jobs and their kept audio are forgotten after ``JAMGEN_RETENTION_DAYS``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 3600.0  # seconds
+
+
+async def prune(store: Store, retention_days: float, now: float | None = None) -> int:
+    """Forget finished jobs older than the retention; delete their files. Returns how many went."""
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    paths = await store.journal.prune(cutoff)
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.remove, path)
+    if paths:
+        log.info("pruned %d finished jobs older than %g days", len(paths), retention_days)
+    return len(paths)
+
+
+async def prune_forever(store: Store, retention_days: float, every: float = PRUNE_EVERY) -> None:
+    """Prune now and then every ``every`` seconds, until cancelled (the bot's close awaits it)."""
+    while True:
+        try:
+            await prune(store, retention_days)
+        except Exception:
+            log.exception("pruning the journal failed; trying again later")
+        await asyncio.sleep(every)

@@ -1,0 +1,35 @@
+"""``jamgen stats``: what the job journal holds, by state, and the audio kept on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from bot.journal import State
+from bot.store import Store
+
+
+async def collect(data_dir: Path) -> tuple[dict[str, int], int, int]:
+    """Counts by state, kept audio files and their bytes."""
+    store = Store(data_dir / "jamgen.sqlite3")
+    await store.open()
+    try:
+        counts = await store.journal.counts()
+    finally:
+        await store.close()
+    files = [path for path in (data_dir / "audio").glob("*") if path.is_file()]
+    return counts, len(files), sum(path.stat().st_size for path in files)
+
+
+def run_stats(data_dir: Path) -> int:
+    if not (data_dir / "jamgen.sqlite3").exists():
+        sys.stderr.write(f"jamgen: no journal in {data_dir}/ yet (the bot creates it when it first starts)\n")
+        return 2
+    counts, files, size = asyncio.run(collect(data_dir))
+    lines = [f"jobs in {data_dir / 'jamgen.sqlite3'}:"]
+    lines += [f"  {state.value:<11}{counts.get(state.value, 0):>8}" for state in State]
+    lines.append(f"  {'total':<11}{sum(counts.values()):>8}")
+    lines.append(f"audio kept: {files} files, {size / 1024 / 1024:.1f} MiB in {data_dir / 'audio'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
