@@ -45,14 +45,14 @@ import re
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import DEFERRED, REPLIED, capture_log, latency_table, ms, nearest_rank, refusal_reasons, show_log
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.events import JobState
 from tests.bot_harness import World, make_world, running_bot
@@ -61,26 +61,13 @@ from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeUser
 P99_GOAL_MS = 250.0
 STALL_GOAL_MS = 100.0
 TICK = 0.01
-DEFERRED, REPLIED = 5, 4
 PROMPTS = [
     "lofi beat with soft piano", "crazy EDM, heavy bang", "80s driving pop with synth pads",
     "epic orchestral film score with choir", "acoustic folk guitar by a campfire",
     "jazz trio late at night, brushed drums", "reggae dub with deep bass and echo",
 ]
 SHIPPED = "as shipped: 2 active, 5 per 10 min, queue cap 100"
-VOICE = "is not installed, voice will NOT be supported"
 NO_LIMITS = {"user_max_jobs": 50, "user_rate_count": 1000, "queue_cap": 10000}
-
-
-class LogRecords(logging.Handler):
-    """Every WARNING or worse that anything logs during the run."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @dataclass
@@ -183,18 +170,6 @@ class Outcome:
         first = min(item.interaction.created_at for item in self.sent)
         return max((item.interaction.callback.at for item in self.sent if item.interaction.callback),
                    default=first) - first
-
-
-def nearest_rank(values: Sequence[float], percent: float) -> float:
-    """The nearest-rank percentile of ``values`` (``inf`` stands for a missing acknowledgement)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
-
-
-def ms(value: float) -> str:
-    return "-" if math.isnan(value) else "never" if math.isinf(value) else f"{value * 1000:.1f}"
 
 
 def add_members(fake: FakeDiscord, guild: Any, prefix: str, count: int) -> list[FakeUser]:
@@ -300,19 +275,6 @@ async def measure(args: argparse.Namespace, model_dir: Path, data_dir: Path) -> 
                        list(fake.validation_errors))
 
 
-def refusal_reasons(sent: list[Sent]) -> dict[str, int]:
-    """What the refusals said, by kind of limit."""
-    kinds = {"You already have": "jobs in progress", "You can start": "rate", "The queue is full": "queue full"}
-    counts: dict[str, int] = {}
-    for item in sent:
-        callback = item.interaction.callback
-        if callback is not None and callback.type == REPLIED:
-            text = str((callback.data or {}).get("content", ""))
-            kind = next((name for start, name in kinds.items() if text.startswith(start)), repr(text[:60]))
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
 def latency_rows(sent: list[Sent]) -> Iterator[tuple[str, list[float]]]:
     def latency(item: Sent) -> float:
         value = item.interaction.ack_latency
@@ -344,13 +306,11 @@ def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.Log
           + (f", {other} other" if other else "")
           + (f"; {late} answered after Discord's 3 s deadline (rejected)" if late else ""))
     if refused:
-        print("refusals by limit: " + ", ".join(f"{kind} {count}" for kind, count in refusal_reasons(sent).items()))
+        reasons = refusal_reasons(item.interaction for item in sent)
+        print("refusals by limit: " + ", ".join(f"{kind} {count}" for kind, count in reasons.items()))
     print("latency INTERACTION_CREATE -> callback, ms (nearest rank; the fake Discord shares the event loop,")
     print("so this includes the fake's own HTTP, validation and websocket work):")
-    print(f"  {'':<13} {'count':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
-    for name, values in latency_rows(sent):
-        print(f"  {name:<13} {len(values):>5} " + " ".join(f"{ms(nearest_rank(values, p)):>8}" for p in (50, 90, 99))
-              + f" {ms(max(values, default=math.nan)):>8}")
+    latency_table(latency_rows(sent), (50, 90, 99))
     frame = max((item.returned_at - item.interaction.created_at for item in sent), default=0.0)
     print(f"  (created_at to the frame written: at most {frame * 1000:.1f} ms; last acknowledgement "
           f"{outcome.window:.2f} s after the first INTERACTION_CREATE)")
@@ -368,13 +328,8 @@ def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.Log
           f"(of {os.cpu_count()}; others compete with generation and the loop)")
     print(f"jobs generating when the last acknowledgement came: {outcome.running[1]}; "
           f"after shutdown: {outcome.left[0]} jobs and {outcome.left[1]} tickets left")
-    problems = [record for record in records if not record.getMessage().endswith(VOICE)]
-    print(f"log records at WARNING or above: {len(problems)} (besides discord.py's notes that voice is off); "
-          f"OpenAPI validation errors: {len(outcome.validation_errors)}")
-    for record in problems[:20]:
-        print(f"  {record.levelname} {record.name}: {record.getMessage()[:300]}")
-    for error in outcome.validation_errors[:5]:
-        print(f"  validation: {error[:300]}")
+    show_log(records, outcome.validation_errors,
+               lambda record: print(f"  {record.levelname} {record.name}: {record.getMessage()[:300]}"))
 
     p99 = nearest_rank(next(latency_rows(sent))[1], 99)
     print(f"goal p99 < {P99_GOAL_MS:g} ms: {ms(p99)} ms -> {'met' if p99 * 1000 < P99_GOAL_MS else 'missed'}")
@@ -410,10 +365,7 @@ def main() -> None:
     if args.seed_seconds is None:
         args.seed_seconds = 10 if args.scale == "small" else 30
 
-    warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
-    records = LogRecords()  # printed in the report, not as they come
-    logging.getLogger().addHandler(records)
-    logging.getLogger().setLevel(logging.WARNING)
+    records = capture_log()  # printed in the report, not as they come
     with tempfile.TemporaryDirectory(prefix="jamgen-latency-") as tmp:
         began = time.perf_counter()
         model_dir = write_random_checkpoint(Path(tmp) / f"musicgen-{args.scale}-random", scale=args.scale)

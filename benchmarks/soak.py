@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,12 +52,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import DEFERRED, REPLIED, capture_log, latency_table, ms, nearest_rank, refusal_reasons, show_log
 from generation.backends.checkpoints import write_random_checkpoint
 from jamgen.stats import collect
 from tests.bot_harness import running_bot
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
 
-DEFERRED, REPLIED = 5, 4
 STYLES = [
     "lofi beat with soft piano", "crazy EDM, heavy bang", "80s driving pop with synth pads",
     "epic orchestral film score with choir", "acoustic folk guitar by a campfire",
@@ -69,20 +68,7 @@ MOODS = ["", "sad ", "happy ", "dark ", "dreamy ", "fast ", "slow ", "minimal "]
 JOB_LINE = re.compile(r"^`([0-9a-f]{6,32})` (.*)$", re.MULTILINE)
 FOOTER_JOB = re.compile(r"\bjob ([0-9a-f]{6,32})\b")
 DURATION = re.compile(r"([0-9.]+)\s*s")
-REFUSALS = {"You already have": "jobs in progress", "You can start": "rate", "The queue is full": "queue full"}
-VOICE = "is not installed, voice will NOT be supported"
 POLL = 0.5
-
-
-class LogRecords(logging.Handler):
-    """Every WARNING or worse that anything logs during the run."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def rss_kib() -> int | None:
@@ -386,26 +372,14 @@ async def measure(args: argparse.Namespace, model_dir: Path, data_dir: Path, rss
                    not finished, errors, rss)
 
 
-def nearest_rank(values: Sequence[float], percent: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
-
-
-def ms(value: float) -> str:
-    return "-" if math.isnan(value) else "never" if math.isinf(value) else f"{value * 1000:.1f}"
-
-
-def refusal_reasons(sent: Sequence[Sent]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in sent:
-        callback = item.interaction.callback if item.interaction is not None else None
-        if callback is not None and callback.type == REPLIED:
-            text = str((callback.data or {}).get("content", ""))
-            kind = next((name for start, name in REFUSALS.items() if text.startswith(start)), repr(text[:60]))
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
+def describe(record: logging.LogRecord) -> None:
+    """A log record, with where it came from and the last frames of its exception."""
+    print(f"  {record.levelname} {record.name} ({record.module}:{record.lineno}): {record.getMessage()[:300]}")
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        frames = traceback.extract_tb(error.__traceback__)
+        where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-4:])
+        print(f"    {type(error).__name__}: {str(error)[:300]} (at {where})")
 
 
 def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.LogRecord], load_s: float) -> bool:
@@ -433,7 +407,8 @@ def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.Log
           + (f", NOT acknowledged {len(unacked)} ({late} answered after the 3 s deadline)" if unacked else "")
           + (f", send failed {len(send_errors)}" if send_errors else ""))
     if refused:
-        print("  refusals by reason: " + ", ".join(f"{kind} {count}" for kind, count in refusal_reasons(sent).items()))
+        reasons = refusal_reasons(item.interaction for item in sent)
+        print("  refusals by reason: " + ", ".join(f"{kind} {count}" for kind, count in reasons.items()))
     for item in send_errors[:5]:
         print(f"  send failed: {item.error}")
 
@@ -471,12 +446,9 @@ def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.Log
                  else item.interaction.ack_latency for item in sent]
     deferred = [item.interaction.ack_latency or 0.0 for item in accepted if item.interaction is not None]
     print("acknowledgement latency INTERACTION_CREATE -> callback, ms (nearest rank; the fake shares the loop):")
-    print(f"  {'':<13} {'count':>5} {'p50':>8} {'p99':>8} {'max':>8}")
-    for name, values in (("all", latencies), ("accepted (5)", deferred),
-                         ("refused (4)", [item.interaction.ack_latency or 0.0 for item in refused
-                                          if item.interaction is not None])):
-        print(f"  {name:<13} {len(values):>5} {ms(nearest_rank(values, 50)):>8} {ms(nearest_rank(values, 99)):>8} "
-              f"{ms(max(values, default=math.nan)):>8}")
+    latency_table((("all", latencies), ("accepted (5)", deferred),
+                   ("refused (4)", [item.interaction.ack_latency or 0.0 for item in refused
+                                    if item.interaction is not None])), (50, 99))
 
     rss = outcome.rss
     print(f"memory: peak RSS {mib(peak_rss_kib())} (ru_maxrss); RSS at start (modules imported) "
@@ -490,18 +462,7 @@ def report(args: argparse.Namespace, outcome: Outcome, records: list[logging.Log
           f"{outcome.left[1]} tickets")
     print(f"throughput: {tally.audio_seconds:.1f} s of audio delivered in {span:.1f} s = {rate:.2f} audio s per "
           f"wall s")
-    problems = [record for record in records if not record.getMessage().endswith(VOICE)]
-    print(f"log records at WARNING or above: {len(problems)} (besides discord.py's notes that voice is off); "
-          f"OpenAPI validation errors: {len(outcome.validation_errors)}")
-    for record in problems[:20]:
-        print(f"  {record.levelname} {record.name} ({record.module}:{record.lineno}): {record.getMessage()[:300]}")
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            frames = traceback.extract_tb(error.__traceback__)
-            where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-4:])
-            print(f"    {type(error).__name__}: {str(error)[:300]} (at {where})")
-    for error in outcome.validation_errors[:5]:
-        print(f"  validation: {error[:300]}")
+    show_log(records, outcome.validation_errors, describe)
 
     p99 = nearest_rank(latencies, 99)
     print(f"p99 acknowledgement latency: {ms(p99)} ms; peak RSS: {mib(peak_rss_kib())}")
@@ -538,10 +499,7 @@ def main() -> int:
         parser.error("need 1 <= --min-seconds <= --max-seconds")
 
     rss: dict[str, int | None] = {"start": rss_kib()}
-    warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
-    records = LogRecords()  # printed in the report, not as they come
-    logging.getLogger().addHandler(records)
-    logging.getLogger().setLevel(logging.WARNING)
+    records = capture_log()  # printed in the report, not as they come
     with tempfile.TemporaryDirectory(prefix="jamgen-soak-") as tmp:
         began = time.perf_counter()
         model_dir = write_random_checkpoint(Path(tmp) / "musicgen-tiny-random", scale="tiny")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import discord
@@ -183,10 +183,10 @@ class Pipeline:
 
         await self._guard(ticket, handle.id, status, events())
 
-    async def _guard(self, ticket: Ticket, job_id: str, status: ThrottledEditor, work: object) -> None:
+    async def _guard(self, ticket: Ticket, job_id: str, status: ThrottledEditor, work: Awaitable[None]) -> None:
         """The job pipeline's error boundary: whatever fails, the user reads why (with an error id)."""
         try:
-            await work  # type: ignore[misc]
+            await work
         except Exception as exc:
             reason = user_message(exc)
             ticket.set_line(job_id, ended_line("failed", reason))
