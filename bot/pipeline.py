@@ -164,7 +164,7 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(status.run())
-                status.set(lambda: self._render(ticket))
+                status.set(self._render(ticket))  # the first text now, while the jobs are surely still queued
                 await asyncio.gather(
                     *(self._follow(ticket, handle, status) for handle in ticket.handles),
                     *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record)) for record in kept),

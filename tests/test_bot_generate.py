@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from tests.bot_harness import World, running_bot
-from tests.helpers import decode
+from tests.helpers import FaultyBackend, decode, tiny_backend
 
 
 async def test_generate_defers_queues_progresses_and_posts_the_track(
@@ -78,10 +79,20 @@ async def test_values_outside_the_declared_ranges_are_refused_by_the_bot(
 
 
 async def test_eta_comes_from_measured_throughput(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
-    async with running_bot(world.fake, tiny_model_dir, tmp_path, engine={"max_batch": 1}) as bot:
+    release = threading.Event()
+
+    def hold(tasks: object) -> None:  # keeps "one" running until the test has seen "two" queued
+        if any(task.prompt == "one" for task in tasks):  # type: ignore[attr-defined]
+            release.wait(timeout=30)
+
+    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=hold)
+    async with running_bot(
+        world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, engine={"max_batch": 1}
+    ) as bot:
         await world.result_of(await world.generate(prompt="warm-up"))
         assert bot.engine.throughput.rate is not None and bot.engine.throughput.rate > 0
         first, second = await world.generate(prompt="one"), await world.generate(user=world.bob, prompt="two")
         await world.fake.wait_for(lambda: second.original is not None and "starts in ~" in second.original.content)
+        release.set()
         await world.result_of(first)
         await world.result_of(second)
