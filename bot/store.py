@@ -8,6 +8,7 @@ through; the journal is read when needed (a button press, a restart).
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Store:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path)
+        await asyncio.to_thread(os.chmod, self.path, 0o600)  # it holds interaction tokens (15 minutes' worth)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         await self._db.executescript(SCHEMA + JOURNAL_SCHEMA)

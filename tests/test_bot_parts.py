@@ -122,3 +122,10 @@ async def test_a_stored_extend_job_loads_after_its_source_clip_is_gone(tmp_path:
     record = await store.journal.get("ext")
     await store.close()
     assert record is not None and record.request.continue_from == str(clip)
+
+
+async def test_the_database_is_private(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    await store.open()
+    await store.close()
+    assert (tmp_path / "s.sqlite3").stat().st_mode & 0o077 == 0
