@@ -10,6 +10,7 @@ import re
 import stat
 from pathlib import Path
 
+import discord
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +27,13 @@ DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 # Three base64url parts joined by dots: the bot's id, a timestamp and an HMAC.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
+# What the bot needs in a channel: read it, post tracks (a file and an embed) in it and its threads, and read
+# recent messages (to check, after a crash, whether a track was already posted).
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, embed_links=True, attach_files=True,
+    read_message_history=True,
+)
+
 TOKEN_HELP = """\
 DISCORD_TOKEN is {problem}.
 
@@ -39,7 +47,7 @@ To make a bot and get its token:
      and the bot permissions
        View Channels, Send Messages, Send Messages in Threads, Embed Links, Attach Files,
        Read Message History
-     (permissions integer 274877975552), then open the generated URL and pick your server.
+     (permissions integer {permissions}), then open the generated URL and pick your server.
   5. Optional, for instant command updates while testing: DISCORD_TEST_GUILD_ID=<your server id>.
 """
 
@@ -107,7 +115,7 @@ def _describe(exc: ValidationError) -> str:
     if token_problems:
         problem = token_problems[0]
         what = "missing" if problem["type"] == "missing" else problem["msg"].removeprefix("Value error, ")
-        return TOKEN_HELP.format(problem=what)
+        return TOKEN_HELP.format(problem=what, permissions=INVITE_PERMISSIONS.value)
     lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
     return "Invalid settings (see .env.example):\n" + "\n".join(lines)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import discord
 import pytest
 
 from bot.errors import ConfigError
@@ -35,6 +37,9 @@ def test_missing_token_explains_how_to_make_and_invite_a_bot(tmp_path: Path) -> 
     assert "DISCORD_TOKEN is missing" in message
     assert "bot  applications.commands" in message
     assert "Attach Files" in message
+    granted = discord.Permissions(int(re.search(r"permissions integer (\d+)", message).group(1)))  # type: ignore[union-attr]
+    assert granted.attach_files and granted.embed_links and granted.send_messages and granted.read_message_history
+    assert f"`{granted.value}`" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize("token", ["", "not-a-token", "abc.def", "a" * 70])
