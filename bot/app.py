@@ -22,6 +22,7 @@ from bot.settings import BotSettings
 from bot.store import Store
 from bot.ui.buttons import result_view
 from generation.errors import ModelLoadError
+from generation.models import resolve_model_id
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory, Engine
 
@@ -58,7 +59,7 @@ class JamBot(commands.Bot):
         self.engine = Engine(engine_settings, backend_factory=backend_factory)
         self.store = Store(engine_settings.data_dir / "jamgen.sqlite3")
         self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
-        self.models = list(dict.fromkeys(settings.models or [engine_settings.model]))
+        self.models = list(dict.fromkeys(resolve_model_id(name) for name in settings.models or [engine_settings.model]))
         self._warm_up: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._closing = False

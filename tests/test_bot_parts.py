@@ -129,3 +129,18 @@ async def test_the_database_is_private(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     assert (tmp_path / "s.sqlite3").stat().st_mode & 0o077 == 0
+
+
+def test_model_option_names_only_served_models() -> None:
+    from types import SimpleNamespace
+
+    from bot.errors import UserError
+    from bot.exts.generate import Generate
+
+    cog = Generate(SimpleNamespace(models=["facebook/musicgen-small", "facebook/musicgen-medium"]))  # type: ignore[arg-type]
+    assert cog._model(None) == "facebook/musicgen-small"
+    assert cog._model("medium") == "facebook/musicgen-medium"
+    assert cog._model("facebook/musicgen-medium") == "facebook/musicgen-medium"
+    for name in ("l", "large", "facebook/musicgen-large"):
+        with pytest.raises(UserError, match="This bot serves"):
+            cog._model(name)

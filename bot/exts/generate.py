@@ -19,6 +19,7 @@ from bot.store import GuildSettings
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
 from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
+from generation.models import resolve_model_id
 
 if TYPE_CHECKING:
     from bot.app import JamBot
@@ -108,7 +109,8 @@ class Generate(commands.Cog, name="Generate"):
     def _model(self, name: str | None) -> str:
         if name is None:
             return self.bot.models[0]
-        matches = [model for model in self.bot.models if model == name or model.endswith(name)]
+        wanted = {name, resolve_model_id(name)}  # "small" names facebook/musicgen-small
+        matches = [model for model in self.bot.models if model in wanted]
         if not matches:
             raise UserError(f"This bot serves: {', '.join(self.bot.models)}. Pick one of those.")
         return matches[0]
