@@ -8,6 +8,7 @@ and an expired token falls back to the channel, mentioning the user.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 import aiofiles
 import discord
 
-from bot.reply import Reply
+from bot.reply import Reply, only_user
 from generation.encode import EncodedAudio, shrink
 from generation.errors import EncodeError
 
@@ -54,7 +55,7 @@ class Post:
 
     @property
     def mentions(self) -> discord.AllowedMentions:
-        return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self.user_id)])
+        return only_user(self.user_id)
 
 
 def file_name(prompt: str, seed: int, audio: EncodedAudio) -> str:
@@ -94,8 +95,7 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
             if not (token_gone(exc) or retryable(exc)):
                 raise
             log.info("follow-up for user %s failed (%s); posting in the channel", reply.user_id, exc.status)
-    channel_post = Post(post.user_id, post.audio, post.filename, post.embed, post.view,
-                        " (the reply window had closed, so it is posted here)")
+    channel_post = dataclasses.replace(post, note=" (the reply window had closed, so it is posted here)")
     message = await _with_retries(channel_post, lambda file: _to_channel(reply, channel_post, file), lambda: True)
     return Delivery(message.id, "channel")
 

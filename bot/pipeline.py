@@ -19,11 +19,12 @@ import discord
 from bot.delivery import Post, deliver, file_name, save_audio
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
+from bot.recovery import already_posted, kept_audio, timing_of
 from bot.reply import Reply
 from bot.settings import BotSettings
 from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
-from bot.tickets import Ticket, ended_line, queued_line, running_line
+from bot.tickets import Ticket, Timing, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
@@ -50,12 +51,6 @@ class Asker:
     def of(cls, interaction: discord.Interaction) -> Asker:
         roles = getattr(interaction.user, "roles", [])
         return cls(interaction.user.id, interaction.guild_id, frozenset(role.id for role in roles))
-
-
-@dataclass(frozen=True)
-class Timing:
-    queued_for: float
-    generated_in: float
 
 
 class Pipeline:
@@ -243,8 +238,6 @@ class Pipeline:
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
     async def _redeliver(self, ticket: Ticket, record: JobRecord) -> None:
-        from bot.recovery import already_posted, kept_audio, timing_of  # recovery builds on this module
-
         if record.state is State.DELIVERING and await already_posted(self.client, ticket.reply, record.job_id):
             await self.store.journal.move(record.job_id, State.DELIVERED, detail="found posted after a restart")
             ticket.set_line(record.job_id, ended_line("done", "posted"))

@@ -24,11 +24,11 @@ import discord
 
 from bot.journal import JobRecord, State
 from bot.reply import Reply
-from bot.tickets import Ticket, ended_line
+from bot.tickets import Ticket, Timing, ended_line
 from generation.encode import EncodedAudio, probe
 
 if TYPE_CHECKING:
-    from bot.pipeline import Pipeline, Timing
+    from bot.pipeline import Pipeline
     from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,6 @@ async def kept_audio(record: JobRecord) -> EncodedAudio:
 
 async def timing_of(store: Store, record: JobRecord) -> Timing:
     """Time queued and time generating, from the journal's events."""
-    from bot.pipeline import Timing
-
     events = await store.journal.events(record.job_id)
     first = {state: at for state, at, _ in reversed(events)}
     started = first.get(State.RUNNING.value, record.created_at)

@@ -18,6 +18,11 @@ TOKEN_LIFETIME = 15 * 60.0
 TOKEN_MARGIN = 30.0  # an upload must finish before the token dies
 
 
+def only_user(user_id: int) -> discord.AllowedMentions:
+    """Mentions that may ping ``user_id`` and nobody else: never roles, never @everyone."""
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)])
+
+
 @dataclass(eq=False)
 class Reply:
     client: discord.Client
@@ -65,8 +70,7 @@ class Reply:
 
     async def tell(self, text: str) -> None:
         """Say ``text`` to the user in the channel, mentioning only them (for when the token is gone)."""
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self.user_id)])
         try:
-            await self.channel.send(f"<@{self.user_id}> {text}"[:2000], allowed_mentions=mentions)
+            await self.channel.send(f"<@{self.user_id}> {text}"[:2000], allowed_mentions=only_user(self.user_id))
         except discord.HTTPException:
             log.warning("could not tell user %s in channel %s", self.user_id, self.channel_id, exc_info=True)

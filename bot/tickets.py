@@ -49,6 +49,14 @@ class Ticket:
         return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How long a job waited in the queue and took to generate, for its result card."""
+
+    queued_for: float
+    generated_in: float
+
+
 def title_for(kind: str, prompt: str, duration: float, count: int = 1) -> str:
     what = safe(prompt, 150)
     if kind == "vary":

@@ -14,6 +14,7 @@ from bot.settings import BotSettings
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+from tests.helpers import FaultyBackend, tiny_backend
 
 TOKEN = "MTA0NTY3ODkwMTIzNDU2Nzg5MA.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
 MANAGE_GUILD = 1 << 5
@@ -120,6 +121,12 @@ class Gate:
 
     def open(self) -> None:
         self._event.set()
+
+
+def gated(model_dir: Path) -> tuple[Gate, FaultyBackend]:
+    """The tiny model behind a :class:`Gate`: ``backend.batches`` records what reached the door."""
+    gate = Gate()
+    return gate, FaultyBackend(tiny_backend(model_dir), fault=gate)
 
 
 def user_text(interaction: FakeInteraction) -> str:

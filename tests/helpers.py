@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 import torch
 
+from generation import encode
 from generation.backends.base import Backend, BatchListener, GenerationTask
 from generation.backends.musicgen import MusicGenBackend
 
@@ -96,14 +95,9 @@ class Decoded:
 
 
 def decode(data: bytes) -> Decoded:
-    """Decode a file's bytes back with PyAV (FFmpeg's decoders)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        frames = [frame.to_ndarray() for frame in container.decode(stream)]
-        rate = stream.codec_context.sample_rate
-        channels = stream.codec_context.channels
-    samples = np.concatenate([f.reshape(channels, -1) if f.shape[0] != channels else f for f in frames], axis=1)
-    return Decoded(rate, channels, samples.shape[1] / rate, samples)
+    """Decode a file's bytes back with PyAV (FFmpeg's decoders), as float32 in [-1, 1]."""
+    samples, rate = encode.decode(data)
+    return Decoded(rate, samples.shape[0], samples.shape[1] / rate, samples)
 
 
 def http_error(status: int, code: int = 0, message: str = "error") -> Exception:

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.bot_harness import TOKEN, Gate, World, running_bot
-from tests.helpers import FaultyBackend, decode, tiny_backend
+from tests.bot_harness import TOKEN, World, gated, running_bot
+from tests.helpers import decode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 async def test_after_the_token_expires_the_track_goes_to_the_channel_with_a_mention(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    gate = Gate()
-    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=gate)
+    gate, backend = gated(tiny_model_dir)
     async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend):
         interaction = await world.generate(prompt="slow queue")
         await interaction.wait_callback()
@@ -48,8 +47,7 @@ async def test_the_file_fits_the_interactions_upload_limit(world: World, tiny_mo
 async def test_shutdown_tells_queued_users_and_finishes_the_running_job(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    gate = Gate()
-    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=gate)
+    gate, backend = gated(tiny_model_dir)
     async with running_bot(
         world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, engine={"max_batch": 1}
     ) as bot:

@@ -18,19 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot_harness import Gate, World, make_world, running_bot
+from tests.bot_harness import World, gated, make_world, running_bot
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
-from tests.helpers import FaultyBackend, decode, tiny_backend
+from tests.helpers import FaultyBackend, decode
 
 HEARTBEAT_INTERVAL_MS = 250
 HEARTBEAT_TIMEOUT = 1.5  # discord.py's Client option; 60 s by default
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def gated_backend(model_dir: Path) -> tuple[Gate, FaultyBackend]:
-    gate = Gate()
-    return gate, FaultyBackend(tiny_backend(model_dir), fault=gate)
 
 
 async def at_the_gate(world: World, backend: FaultyBackend, prompt: str) -> FakeInteraction:
@@ -52,7 +47,7 @@ async def delivered(world: World, interaction: FakeInteraction, prompt: str) -> 
 async def test_a_dropped_connection_resumes_and_the_running_job_is_delivered(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    gate, backend = gated_backend(tiny_model_dir)
+    gate, backend = gated(tiny_model_dir)
     stats = world.fake.gateway.stats
     async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend) as bot:
         running = await at_the_gate(world, backend, "through the storm")
@@ -91,7 +86,7 @@ async def test_a_zombie_connection_is_noticed_and_resumed_and_the_job_is_deliver
 ) -> None:
     world, fake = quick_heartbeat_world, quick_heartbeat_world.fake
     stats = fake.gateway.stats
-    gate, backend = gated_backend(tiny_model_dir)
+    gate, backend = gated(tiny_model_dir)
     async with running_bot(
         fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend,
         client={"heartbeat_timeout": HEARTBEAT_TIMEOUT},

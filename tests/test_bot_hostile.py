@@ -30,7 +30,7 @@ from bot.ui.embeds import result_embed
 from bot.ui.text import safe
 from generation.errors import InvalidJob
 from generation.jobs import PROMPT_MAX_CHARS, JobRequest
-from tests.bot_harness import MANAGE_GUILD, TOKEN, Gate, World, running_bot, user_text
+from tests.bot_harness import MANAGE_GUILD, TOKEN, Gate, World, gated, running_bot, user_text
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
 from tests.fakes.models import (
     ATTACH_FILES,
@@ -39,7 +39,7 @@ from tests.fakes.models import (
     EMBED_LINKS,
     SEND_MESSAGES,
 )
-from tests.helpers import FaultyBackend, tiny_backend
+from tests.helpers import FaultyBackend
 
 EPHEMERAL = 64
 ZWSP = "\u200b"
@@ -285,8 +285,7 @@ async def gated_bot(
     world: World, model_dir: Path, data_dir: Path, **options: Any
 ) -> AsyncIterator[tuple[JamBot, Gate, FaultyBackend]]:
     """The bot, with every batch held at the backend until the test opens the gate (opened on exit)."""
-    gate = Gate()
-    backend = FaultyBackend(tiny_backend(model_dir), fault=gate)
+    gate, backend = gated(model_dir)
     async with running_bot(world.fake, model_dir, data_dir, backend_factory=lambda _: backend, **options) as bot:
         try:
             yield bot, gate, backend

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bot_harness import Gate, World, running_bot, user_text
-from tests.helpers import FaultyBackend, tiny_backend
+from tests.bot_harness import World, gated, running_bot, user_text
 
 EPHEMERAL = 64
-
-
-def gated(model_dir: Path) -> tuple[Gate, FaultyBackend]:
-    gate = Gate()
-    return gate, FaultyBackend(tiny_backend(model_dir), fault=gate)
 
 
 async def refused(interaction: object) -> str:

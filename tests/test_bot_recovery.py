@@ -12,9 +12,8 @@ from bot.housekeeping import prune
 from bot.journal import JobRecord, State
 from bot.recovery import MAX_CRASHES
 from bot.store import Store
-from tests.bot_harness import Gate, World, running_bot
+from tests.bot_harness import World, gated, running_bot
 from tests.fakes.discord import FakeMessage
-from tests.helpers import FaultyBackend, tiny_backend
 
 
 @asynccontextmanager
@@ -63,8 +62,7 @@ async def test_every_step_is_journaled_before_the_user_reads_it(
 async def test_a_restart_resumes_queued_and_interrupted_jobs_in_order(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    gate = Gate()
-    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=gate)
+    gate, backend = gated(tiny_model_dir)
     async with running_bot(
         world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, engine={"max_batch": 1},
         shutdown_grace=0.2,

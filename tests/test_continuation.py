@@ -60,13 +60,6 @@ async def make_clip(engine: Engine, model_dir: Path, path: Path, seed: int = 1) 
     return decode(audio.data)
 
 
-def floats(decoded: Decoded) -> np.ndarray:
-    samples = decoded.samples
-    if np.issubdtype(samples.dtype, np.integer):
-        return samples.astype(np.float32) / np.iinfo(samples.dtype).max
-    return samples.astype(np.float32)
-
-
 def tone_clip(path: Path, seconds: float = CLIP_SECONDS) -> Path:
     """A tonal clip (a lossy codec keeps tones close to their waveform, unlike the tiny model's noise)."""
     t = np.arange(int(seconds * RATE)) / RATE
@@ -104,20 +97,20 @@ async def test_extending_a_wav_clip_keeps_it_and_adds_the_new_seconds(
     extended = decode((await engine.submit(request).result()).data)
     assert extended.sample_rate == RATE and extended.channels == 1
     assert extended.duration == pytest.approx(CLIP_SECONDS + 4.0, abs=0.03)
-    head, tail = floats(extended)[:, : original.samples.shape[1]], floats(extended)[:, original.samples.shape[1] :]
-    assert np.abs(head - floats(original)).max() < 1e-3  # the same samples, to 16-bit rounding
+    head, tail = extended.samples[:, : original.samples.shape[1]], extended.samples[:, original.samples.shape[1] :]
+    assert np.abs(head - original.samples).max() < 1e-3  # the same samples, to 16-bit rounding
     assert tail.std() > 1e-3, "the new part is silent"
 
 
 async def test_extending_an_opus_clip(engine: Engine, tiny_model_dir: Path, tmp_path: Path) -> None:
     clip_path = tone_clip(tmp_path / "clip.opus")
-    original = floats(decode(clip_path.read_bytes()))
+    original = decode(clip_path.read_bytes()).samples
     request = job(tiny_model_dir, duration=3.0, continue_from=str(clip_path))  # opus, loudness-normalised
     extended = decode((await engine.submit(request).result()).data)
     assert extended.sample_rate == 48000
     assert extended.duration == pytest.approx(CLIP_SECONDS + 3.0, abs=0.03)
     # Opus twice, resampling 48 -> 32 -> 48 kHz and a new gain: the waveform still matches closely.
-    head = floats(extended)[0, 4800 : original.shape[1] - 4800]
+    head = extended.samples[0, 4800 : original.shape[1] - 4800]
     correlation = np.corrcoef(head, original[0, 4800:-4800])[0, 1]
     assert correlation > 0.99
 
@@ -126,7 +119,7 @@ async def test_a_continuation_is_deterministic_for_a_seed(engine: Engine, tiny_m
     clip_path = tmp_path / "clip.wav"
     await make_clip(engine, tiny_model_dir, clip_path)
     requests = [wav_job(tiny_model_dir, duration=2.0, seed=seed, continue_from=str(clip_path)) for seed in (5, 5, 6)]
-    first, again, other = [floats(decode((await engine.submit(r).result()).data)) for r in requests]
+    first, again, other = [decode((await engine.submit(r).result()).data).samples for r in requests]
     split = int(CLIP_SECONDS * RATE)
     assert np.array_equal(first, again)
     assert np.array_equal(first[:, :split], other[:, :split])
