@@ -40,6 +40,26 @@ class EngineSettings(BaseSettings):
         2, ge=1, le=10, validation_alias=AliasChoices("JAMGEN_JOB_ATTEMPTS", "job_attempts"),
         description="runs a job gets when the worker crashes on it (errors that are not about the job itself)",
     )
+    batching: Literal["static", "continuous"] = Field(
+        "continuous", validation_alias=AliasChoices("JAMGEN_BATCHING", "batching"),
+        description="continuous: jobs join the running batch at the next step; static: a batch is closed once it starts",
+    )
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("JAMGEN_PRECISION", "precision"),
+        description="auto: fp32 on the CPU, fp16 on CUDA; bf16 and int8 are opt-in CPU speed modes",
+    )
+    linear: Literal["auto", "linear", "swapped"] = Field(
+        "auto", validation_alias=AliasChoices("JAMGEN_LINEAR", "linear"),
+        description="the CPU matmul form of the decode loop's linears: auto measures both at load",
+    )
+    prefill_chunk: int = Field(
+        64, ge=1, le=1024, validation_alias=AliasChoices("JAMGEN_PREFILL_CHUNK", "prefill_chunk"),
+        description="positions per prefill pass; chunks interleave with decode steps so running jobs keep pace",
+    )
+    cuda_graphs: bool = Field(
+        False, validation_alias=AliasChoices("JAMGEN_CUDA_GRAPHS", "cuda_graphs"),
+        description="capture the decode step as a CUDA graph per row bucket (CUDA only)",
+    )
     data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("JAMGEN_DATA_DIR", "data_dir"))
 
     @field_validator("model")
