@@ -33,3 +33,10 @@ class EncodeError(GenerationError):
 
 class EngineClosed(GenerationError):
     """The engine is shutting down and takes no new jobs."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An accelerator out-of-memory error (CUDA's own type, or another backend's message)."""
+    import torch  # not at import time: this module is imported by code that needs no torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

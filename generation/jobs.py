@@ -118,6 +118,9 @@ class JobRequest(BaseModel):
     continue_from: str | None = Field(
         None, description="an audio file to extend; then ``duration`` is the seconds to add to it"
     )
+    melody_from: str | None = Field(
+        None, description="an audio file whose melody (chroma) guides a melody model (its first 30 s)"
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -169,6 +172,17 @@ class JobRequest(BaseModel):
             raise ValueError("the clip to extend no longer exists (it may have been cleaned up)")
         return value
 
+    @field_validator("melody_from")
+    @classmethod
+    def _melody_from(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty: give the path of the audio file with the melody")
+        if not (info.context or {}).get("stored") and not Path(value).is_file():
+            raise ValueError("the melody file no longer exists (it may have been cleaned up)")
+        return value
+
     @classmethod
     def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:
         """Validate ``fields``; raise :class:`InvalidJob` with one readable line per problem."""
@@ -181,12 +195,8 @@ class JobRequest(BaseModel):
 
     @property
     def batch_key(self) -> str:
-        """Jobs with equal keys may share one forward pass. Sampling is per job, so only the model counts.
-
-        A continuation runs alone (stock audiocraft, its own audio prompt), so its key is its own.
-        """
-        if self.continue_from is not None:
-            return f"{self.model}|continue|{self.continue_from}|{self.seed}"
+        """Jobs with equal keys may share one forward pass. Conditioning, sampling, length and audio inputs
+        are per job (continuations and melodies included), so only the model counts."""
         return self.model
 
 

@@ -41,6 +41,9 @@ class JobQueue(Protocol[Item]):
         Returns ``[]`` once the queue is closed.
         """
 
+    def take_ready(self, max_size: int, key: Hashable) -> list[Item]:
+        """Take up to ``max_size`` waiting jobs with batch key ``key`` now, in fair order (may be ``[]``)."""
+
     def close(self) -> list[Item]:
         """Stop; wake the taker; return what was still waiting."""
 
@@ -163,6 +166,12 @@ class FairQueue(Generic[Job]):
             if self._lanes:  # they may all have been cancelled during the window
                 return self._take(max_size)
 
+    def take_ready(self, max_size: int, key: Hashable) -> list[Job]:
+        """Take up to ``max_size`` waiting jobs with ``key`` now, in start order (the join check of a running batch)."""
+        if max_size < 1 or not self._lane_of or self._closed:
+            return []
+        return self._take(max_size, key)
+
     def close(self) -> list[Job]:
         """Refuse new jobs, wake the taker (who gets ``[]``), and return what was waiting, in order."""
         self._closed = True
@@ -201,10 +210,14 @@ class FairQueue(Generic[Job]):
             except TimeoutError:
                 return
 
-    def _take(self, max_size: int) -> list[Job]:
+    def _take(self, max_size: int, key: Hashable | None = None) -> list[Job]:
+        """Up to ``max_size`` jobs with ``key`` (default: the next job's) in start order; served owners go back."""
         order = self.ordered()
-        key: Hashable = order[0].batch_key
+        if key is None:
+            key = order[0].batch_key
         batch = [item for item in order if item.batch_key == key][:max_size]
+        if not batch:
+            return []
         for item in batch:
             self._lane_of.pop(item.job_id)
             _delete_job(self._lanes[item.owner], item.job_id)

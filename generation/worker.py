@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import secrets
@@ -23,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from generation.backends.base import Backend, GenerationTask
+from generation.backends.base import Backend, GenerationTask, Join
 from generation.encode import EncodeOptions, encode, normalize
-from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError
+from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError, is_out_of_memory
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
 from generation.queue import FairQueue, JobQueue
@@ -35,12 +36,6 @@ from generation.settings import EngineSettings
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[str], Backend]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def new_error_id() -> str:
@@ -116,6 +111,67 @@ class _Listener:
         return job_id in self._engine._cancelled
 
 
+class _Run:
+    """The jobs of one decode loop: those it started with and those that joined it."""
+
+    JOIN_POLL = 1.0  # seconds between checks that the event loop still runs, while a join waits for it
+
+    def __init__(self, engine: Engine, key: str, handles: Sequence[JobHandle]) -> None:
+        self._engine = engine
+        self.key = key
+        self.handles = list(handles)
+
+    def join(self, free: int) -> list[GenerationTask]:
+        """The join check, on the generation thread: cheap when nothing waits; else one hop to the event loop."""
+        engine = self._engine
+        if free <= 0 or engine._closing or not len(engine._queue):
+            return []
+        future = asyncio.run_coroutine_threadsafe(self._take(free), engine.loop)
+        while True:
+            try:
+                return future.result(timeout=self.JOIN_POLL)
+            except concurrent.futures.TimeoutError:
+                if engine.loop.is_closed() or not engine.loop.is_running():
+                    future.cancel()
+                    return []
+
+    async def _take(self, free: int) -> list[GenerationTask]:
+        engine = self._engine
+        taken = [pending.handle for pending in engine._queue.take_ready(free, self.key)]
+        joined = [handle for handle in taken if not handle.done]
+        if not taken:
+            return []
+        engine._start(joined)
+        self.handles.extend(joined)
+        engine._announce_positions()
+        log.debug("%d job(s) joined the running batch", len(joined))
+        return [engine._task(handle) for handle in joined]
+
+
+class _Meter:
+    """Feeds :class:`Throughput`: audio seconds finished per wall second while the worker is busy."""
+
+    MIN_SPAN = 1.0  # seconds: shorter spans are added to the next sample
+
+    def __init__(self, throughput: Throughput) -> None:
+        self._throughput = throughput
+        self._since: float | None = None
+        self._audio = 0.0
+
+    def busy(self) -> None:
+        if self._since is None:
+            self._since, self._audio = time.monotonic(), 0.0
+
+    def finished(self, audio_seconds: float, final: bool = False) -> None:
+        if self._since is None:
+            return
+        self._audio += audio_seconds
+        span = time.monotonic() - self._since
+        if span >= self.MIN_SPAN or final:
+            self._throughput.record(self._audio, span)
+            self._since, self._audio = (None, 0.0) if final else (time.monotonic(), 0.0)
+
+
 class Engine:
     """Submit :class:`JobRequest` s, get :class:`JobHandle` s. Use as ``async with Engine(...)``."""
 
@@ -138,6 +194,7 @@ class Engine:
         self._encoders = ThreadPoolExecutor(self.settings.encode_threads, thread_name_prefix="jamgen-encode")
         self._closing = False
         self.throughput = Throughput()
+        self._meter = _Meter(self.throughput)
         self.loop: asyncio.AbstractEventLoop
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -217,32 +274,37 @@ class Engine:
             self._announce_positions()
             await self._run_batch([pending.handle for pending in batch])
 
-    async def _run_batch(self, handles: Sequence[JobHandle]) -> None:
+    async def _run_batch(self, handles: Sequence[JobHandle], joins: bool = True) -> None:
+        """Run one decode loop; with ``joins`` (and continuous batching) waiting jobs join it between steps."""
         handles = [handle for handle in handles if not handle.done]
         if not handles:
             return
+        self._start(handles)
+        backend = self._backend(handles[0].request.model)
+        listener = _Listener(self, backend, self.settings.progress_interval)
+        run = _Run(self, handles[0].request.batch_key, handles)
+        join = run.join if joins and self.settings.batching == "continuous" else None
+        log.info("batch of %d on %s (%s)", len(handles), backend.model_id, "joins open" if join else "closed")
+        self._meter.busy()
+        try:
+            tasks = [self._task(handle) for handle in handles]
+            await self.loop.run_in_executor(self._gpu, self._generate, backend, tasks, listener, join)
+        except Exception as exc:  # the one boundary for model errors
+            left = [handle for handle in run.handles if handle.id not in listener.ended and not handle.done]
+            await self._recover(backend, left, exc)
+        finally:
+            self._cancelled.difference_update(handle.id for handle in run.handles)
+            self._meter.finished(0.0, final=True)
+
+    def _start(self, handles: Sequence[JobHandle]) -> None:
         for handle in handles:
             if handle.state is JobState.QUEUED:
                 self._emit(handle.id, Started())
-        backend = self._backend(handles[0].request.model)
-        listener = _Listener(self, backend, self.settings.progress_interval)
-        tasks = [self._task(handle) for handle in handles]
-        log.info("batch of %d on %s", len(tasks), backend.model_id)
-        began = time.monotonic()
-        try:
-            await self.loop.run_in_executor(self._gpu, self._generate, backend, tasks, listener)
-            generated = sum(handle.request.duration for handle in handles if handle.id in listener.ended)
-            self.throughput.record(generated, time.monotonic() - began)
-        except Exception as exc:  # the one boundary for model errors
-            left = [handle for handle in handles if handle.id not in listener.ended and not handle.done]
-            await self._recover(backend, left, exc)
-        finally:
-            self._cancelled.difference_update(handle.id for handle in handles)
 
     @staticmethod
-    def _generate(backend: Backend, tasks: list[GenerationTask], listener: _Listener) -> None:
+    def _generate(backend: Backend, tasks: list[GenerationTask], listener: _Listener, join: Join | None) -> None:
         _load(backend)
-        backend.generate(tasks, listener)
+        backend.generate(tasks, listener, join)
 
     async def _recover(self, backend: Backend, handles: list[JobHandle], exc: Exception) -> None:
         if not handles:
@@ -259,8 +321,8 @@ class Engine:
             if not oom:
                 log.warning("batch of %d failed (%r): splitting to isolate the cause", len(handles), exc)
             middle = len(handles) // 2
-            await self._run_batch(handles[:middle])
-            await self._run_batch(handles[middle:])
+            await self._run_batch(handles[:middle], joins=False)
+            await self._run_batch(handles[middle:], joins=False)
             return
         handle = handles[0]
         if not oom and not isinstance(exc, GenerationError) and handle.attempts < self.settings.job_attempts:
@@ -301,6 +363,7 @@ class Engine:
         handle = self._handles.get(job_id)
         if handle is None or not self._emit(job_id, Encoding()):
             return
+        self._meter.finished(handle.request.duration)
         task = asyncio.create_task(self._encode(handle, wav, sample_rate), name=f"encode-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -320,7 +383,8 @@ class Engine:
     def _task(self, handle: JobHandle) -> GenerationTask:
         request = handle.request
         return GenerationTask(
-            handle.id, request.prompt, request.duration, request.seed, request.sampling, request.continue_from
+            handle.id, request.prompt, request.duration, request.seed, request.sampling, request.continue_from,
+            request.melody_from,
         )
 
     def _backend(self, model_id: str) -> Backend:
@@ -331,7 +395,11 @@ class Engine:
     def _musicgen(self, model_id: str) -> Backend:
         from generation.backends.musicgen import MusicGenBackend
 
-        return MusicGenBackend(model_id, device=self.settings.device, min_jobs=self.settings.min_batch_rows)
+        settings = self.settings
+        return MusicGenBackend(
+            model_id, device=settings.device, min_rows=2 * settings.min_batch_rows,
+            prefill_chunk=settings.prefill_chunk, max_jobs=settings.max_batch,
+        )
 
     def _announce_positions(self) -> None:
         positions = self._queue.positions()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from generation import encode
-from generation.backends.base import Backend, BatchListener, GenerationTask
+from generation.backends.base import Backend, BatchListener, GenerationTask, Join
 from generation.backends.musicgen import MusicGenBackend
 
 
@@ -44,7 +44,8 @@ class FaultyBackend:
         self.inner = inner
         self.model_id = inner.model_id
         self.fault = fault
-        self.batches: list[list[str]] = []
+        self.batches: list[list[str]] = []  # the prompts each batch started with
+        self.joined: list[list[str]] = []  # the prompts that joined each batch while it ran
         self.freed = 0
         self.lock = threading.Lock()
 
@@ -63,12 +64,24 @@ class FaultyBackend:
     def load(self) -> None:
         self.inner.load()
 
-    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener, join: Join | None = None) -> None:
         with self.lock:
             self.batches.append([task.prompt for task in tasks])
+            self.joined.append([])
         if self.fault is not None:
             self.fault(tasks)
-        self.inner.generate(tasks, listener)
+        self.inner.generate(tasks, listener, None if join is None else self._recording(join))
+
+    def _recording(self, join: Join) -> Join:
+        """``join``, recording the prompts of the jobs that joined this batch."""
+
+        def recorded(free: int) -> list[GenerationTask]:
+            tasks = join(free)
+            with self.lock:
+                self.joined[-1].extend(task.prompt for task in tasks)
+            return tasks
+
+        return recorded
 
     def free_memory(self) -> None:
         self.freed += 1

@@ -32,9 +32,9 @@ def run(backend: MusicGenBackend, tasks: list[GenerationTask], **listener_args: 
     return listener
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["min_jobs=1", "min_jobs=2"])
+@pytest.fixture(scope="module", params=[1, 4], ids=["min_rows=1", "min_rows=4"])
 def backend(request: pytest.FixtureRequest, tiny_words_model_dir: Path) -> MusicGenBackend:
-    loaded = tiny_backend(tiny_words_model_dir, min_jobs=request.param)
+    loaded = tiny_backend(tiny_words_model_dir, min_rows=request.param)
     loaded.load()
     return loaded
 

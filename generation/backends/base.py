@@ -7,7 +7,7 @@ worker's generation thread, never on the event loop, and reports back through a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +26,12 @@ class GenerationTask:
     seed: int
     sampling: SamplingParams
     continue_from: str | None = None  # an audio file to extend by ``duration`` seconds
+    melody_from: str | None = None  # an audio file whose melody (chroma) conditions a melody model
+
+
+Join = Callable[[int], list[GenerationTask]]
+"""The join check: ``join(free_rows)`` returns up to that many waiting jobs, in fair order, for the
+running model. It runs between decode steps on the generation thread, so it must be cheap."""
 
 
 class BatchListener(Protocol):
@@ -59,11 +65,12 @@ class Backend(Protocol):
     def load(self) -> None:
         """Load the weights (slow, blocking). Raise :class:`~generation.errors.ModelLoadError`."""
 
-    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
-        """Generate every task in one batch.
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener, join: Join | None = None) -> None:
+        """Generate every task in one batch; with ``join``, jobs it hands out join the running batch.
 
         Each job ends with exactly one ``finished`` or ``failed`` call, or by being
-        cancelled. An exception out of here concerns every job that has not ended yet.
+        cancelled. An exception out of here concerns every job that has not ended yet,
+        joined ones included.
         """
 
     def free_memory(self) -> None:

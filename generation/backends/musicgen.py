@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from generation.backends.base import BatchListener, GenerationTask
+from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.errors import ModelLoadError
 from generation.models import HUB_MODELS, resolve_model_id
 
@@ -46,10 +46,12 @@ def _load_hint(model_id: str) -> str:
 class MusicGenBackend:
     """An audiocraft MusicGen model behind the :class:`~generation.backends.base.Backend` protocol."""
 
-    def __init__(self, model_id: str, device: str = "auto", min_jobs: int = 1) -> None:
+    def __init__(
+        self, model_id: str, device: str = "auto", *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8
+    ) -> None:
         self.model_id = resolve_model_id(model_id)
         self.device_name = device
-        self._min_jobs = min_jobs
+        self._decoder_options = {"min_rows": min_rows, "prefill_chunk": prefill_chunk, "max_jobs": max_jobs}
         self._model: MusicGen | None = None
         self._decoder: BatchDecoder | None = None
 
@@ -80,34 +82,13 @@ class MusicGenBackend:
         except Exception as exc:
             log.debug("loading %s failed", self.model_id, exc_info=True)
             raise ModelLoadError(f"Could not load the model: {_load_hint(self.model_id)} ({exc}).") from exc
-        self._decoder = BatchDecoder(model, min_jobs=self._min_jobs)
+        self._decoder = BatchDecoder(model, **self._decoder_options)
         self._model = model
         log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)
 
-    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
-        """Plain tasks share one batch; a continuation runs alone on stock audiocraft."""
-        from generation.backends.continuation import continue_clip
-
-        decoder = self._require_decoder()
-        for task in tasks:
-            if task.continue_from is not None:
-                continue_clip(decoder.model, task, listener)
-        self._generate_batch(decoder, [task for task in tasks if task.continue_from is None], listener)
-
-    def _generate_batch(self, decoder: BatchDecoder, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
-        rows = []
-        with torch.no_grad():
-            for task in tasks:
-                try:
-                    with decoder.model.autocast:
-                        rows.append(decoder.prepare(task))
-                except Exception as exc:  # a prompt the conditioner cannot take fails alone
-                    if isinstance(exc, torch.cuda.OutOfMemoryError):
-                        raise
-                    log.exception("conditioning job %s failed", task.job_id)
-                    listener.failed(task.job_id, exc)
-            if rows:
-                decoder.run(rows, listener)
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener, join: Join | None = None) -> None:
+        """Every job, continuations and melodies included, runs in the one decode loop."""
+        self._require_decoder().run(tasks, listener, join)
 
     def free_memory(self) -> None:
         if torch.cuda.is_available():

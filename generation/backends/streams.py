@@ -1,0 +1,193 @@
+"""One job in the decode loop (a *stream*), and how a job becomes one.
+
+A stream holds everything that makes a job's music its own: its conditioning (text
+keys/values for cross-attention, or a prefix for models that prepend their conditions,
+like melody), its delay-pattern sequence with its own length, its attention caches at
+its own position, and its own random generator. Nothing in it depends on other jobs,
+which is why a job can join a running batch at any step and leave at any step.
+
+Inputs that come before the first sampled column are *prefilled*: a melody model's
+prefix (chroma and text), and a continuation's prompt tokens. They run as the job's own
+forward passes, in chunks, never mixed into a decode step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditionType
+
+from generation.backends import continuation, melody
+from generation.backends.attention import Installed, JobAttentionState
+from generation.backends.base import GenerationTask
+from generation.errors import JobFailed
+
+if TYPE_CHECKING:
+    from audiocraft.models import MusicGen
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_TOKEN = -1
+
+Deliver = Callable[[torch.Tensor], np.ndarray]
+
+
+def _as_array(audio: torch.Tensor) -> np.ndarray:
+    """A decoded [channels, samples] tensor as float32 numpy."""
+    return audio.float().cpu().numpy()
+
+
+@dataclass
+class Stream:
+    """One job's state; see the module docstring."""
+
+    task: GenerationTask
+    attention: JobAttentionState
+    sequence: torch.Tensor  # [1, K, S]: the job's delay-pattern sequence, prompt tokens filled in
+    pattern: Any
+    frames: int
+    first_step: int  # the first column this job samples
+    generator: torch.Generator
+    deliver: Deliver  # decoded audio [channels, samples] -> what the listener gets
+    prefill: torch.Tensor | None = None  # [2, P, D] input embeddings still to run before decoding
+    step: int = field(init=False)  # the next column to sample
+
+    def __post_init__(self) -> None:
+        self.step = self.first_step
+
+    @property
+    def job_id(self) -> str:
+        return self.task.job_id
+
+    @property
+    def last_step(self) -> int:
+        return int(self.sequence.shape[-1]) - 1
+
+    @property
+    def ready(self) -> bool:
+        """Prefilled: it takes part in decode steps."""
+        return self.prefill is None
+
+    @property
+    def done(self) -> bool:
+        return self.step > self.last_step
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(steps done, steps in all), as audiocraft's progress callback counts them."""
+        return self.step - self.first_step, self.last_step - self.first_step + 1
+
+    def next_chunk(self, size: int) -> torch.Tensor:
+        """Take the next ``size`` prefill positions ([2, n, D])."""
+        assert self.prefill is not None
+        chunk, rest = self.prefill[:, :size], self.prefill[:, size:]
+        self.prefill = rest if rest.shape[1] else None
+        return chunk
+
+    def input_column(self) -> torch.Tensor:
+        """The column a decode step feeds for this job: [1, K, 1]."""
+        return self.sequence[..., self.step - 1 : self.step]
+
+    def codes(self) -> torch.Tensor:
+        """The finished job's codes [1, K, frames]."""
+        codes, _, _ = self.pattern.revert_pattern_sequence(self.sequence.contiguous(), UNKNOWN_TOKEN)
+        return codes[..., : self.frames]
+
+
+class StreamBuilder:
+    """Turns a :class:`GenerationTask` into a :class:`Stream` for one loaded model."""
+
+    def __init__(self, model: MusicGen, attention: Installed) -> None:
+        self.model = model
+        self.lm = model.lm
+        self.attention = attention
+        self.device = next(iter(self.lm.parameters())).device
+
+    def build(self, task: GenerationTask) -> Stream:
+        prompt_wav, cut, deliver = self._continuation(task)
+        conditions, prompt_tokens = self._conditions(task, prompt_wav)
+        prefix, text = self.lm.fuser(self._empty_input(conditions), conditions)
+        frames = cut.total_frames if cut is not None else int(task.duration * self.model.frame_rate)
+        pattern = self.lm.pattern_provider.get_pattern(frames)
+        sequence, first_step = self._sequence(pattern, frames, prompt_tokens)
+        prefill = self._prefill(prefix, sequence[..., : first_step - 1])
+        capacity = prefix.shape[1] + sequence.shape[-1]
+        state = JobAttentionState(
+            caches=[layer.new_cache(capacity, prefix) for layer in self.attention.self_attention],
+            text=[layer.project_text(text) for layer in self.attention.cross_attention] if text is not None else [],
+        )
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(task.seed)
+        return Stream(task, state, sequence, pattern, frames, first_step, generator, deliver, prefill)
+
+    # -- conditioning ----------------------------------------------------------------------
+    def _conditions(
+        self, task: GenerationTask, prompt_wav: torch.Tensor | None
+    ) -> tuple[dict[str, ConditionType], torch.Tensor | None]:
+        """The job's conditions, rows (cond, null), exactly as audiocraft builds them for one prompt."""
+        melody_wavs: list[torch.Tensor | None] | None = None
+        if task.melody_from is not None:
+            if "self_wav" not in self.lm.condition_provider.conditioners:
+                raise JobFailed("This model does not follow a melody: pick a melody model (musicgen-melody).")
+            melody_wavs = [melody.read_melody(task.melody_from, self.model.sample_rate, self.model.audio_channels)]
+        prompt = None if prompt_wav is None else prompt_wav[None]
+        attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(
+            [task.prompt], prompt, melody_wavs=melody_wavs
+        )
+        null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+        provider = self.lm.condition_provider
+        with melody.seeded_python_random(task.seed):  # demucs draws a time shift from ``random``
+            conditions = provider(provider.tokenize(attributes + null))
+        return dict(conditions), prompt_tokens
+
+    def _empty_input(self, conditions: dict[str, ConditionType]) -> torch.Tensor:
+        """A zero-length input for the fuser: what it returns is then the prefix alone."""
+        dtype = next(iter(conditions.values()))[0].dtype if conditions else torch.float32
+        return torch.zeros(2, 0, self.lm.dim, device=self.device, dtype=dtype)
+
+    # -- the sequence --------------------------------------------------------------------------
+    def _sequence(self, pattern: Any, frames: int, prompt: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        codes = torch.full((1, self.lm.num_codebooks, frames), UNKNOWN_TOKEN, dtype=torch.long, device=self.device)
+        prompt_frames = 0
+        if prompt is not None:
+            prompt_frames = prompt.shape[-1]
+            codes[..., :prompt_frames] = prompt
+        sequence, _, _ = pattern.build_pattern_sequence(codes, self.lm.special_token_id)
+        first_step = pattern.get_first_step_with_timesteps(prompt_frames)
+        assert first_step is not None and first_step >= 1
+        return sequence, int(first_step)
+
+    def _prefill(self, prefix: torch.Tensor, columns: torch.Tensor) -> torch.Tensor | None:
+        """What runs before the first decode step: the prefix, then the prompt's columns but the last.
+
+        The last prompt column is fed by the job's first decode step, whose output samples
+        the first new column (stock audiocraft does both in its first forward pass).
+        """
+        parts = [prefix] if prefix.shape[1] else []
+        if columns.shape[-1]:
+            embedded = sum(self.lm.emb[k](columns[:, k]) for k in range(self.lm.num_codebooks))
+            assert isinstance(embedded, torch.Tensor)
+            parts.append(embedded.expand(2, -1, -1).to(prefix.dtype))
+        return torch.cat(parts, dim=1) if parts else None
+
+    # -- continuations ---------------------------------------------------------------------------
+    def _continuation(
+        self, task: GenerationTask
+    ) -> tuple[torch.Tensor | None, continuation.Plan | None, Deliver]:
+        """For a continuation: the audio prompt, the plan, and how to join the result to the clip."""
+        if task.continue_from is None:
+            return None, None, lambda audio: _as_array(audio)
+        clip = continuation.read_clip(task.continue_from, self.model.sample_rate, self.model.audio_channels)
+        cut = continuation.plan(clip.shape[-1], task.duration, self.model)
+        prompt = clip[:, clip.shape[-1] - cut.context_samples :].to(self.device)
+
+        def deliver(audio: torch.Tensor) -> np.ndarray:
+            new_part = audio[:, cut.context_samples :].float().cpu()
+            return torch.cat([clip, new_part], dim=-1).numpy()
+
+        return prompt, cut, deliver
