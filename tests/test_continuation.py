@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from generation.backends.base import Backend, GenerationTask
-from generation.backends.continuation import EXTEND_CONTEXT_SECONDS, read_clip
+from generation.backends.continuation import EXTEND_CONTEXT_SECONDS, plan, read_clip
 from generation.backends.musicgen import MusicGenBackend
 from generation.encode import EncodeOptions, encode
 from generation.errors import InvalidJob, JobFailed
@@ -77,14 +78,13 @@ def test_a_missing_clip_is_refused_at_creation(tmp_path: Path) -> None:
         job(tmp_path, continue_from=str(tmp_path))  # a directory is no clip either
 
 
-def test_continuations_never_share_a_batch_key(tmp_path: Path) -> None:
+def test_continuations_share_the_models_batch_key(tmp_path: Path) -> None:
+    """A continuation's prompt is prefilled into its own caches, so it batches with any job of its model."""
     clip = tmp_path / "clip.wav"
     clip.write_bytes(b"")
     plain = [job(tmp_path, f"p{i}") for i in range(2)]
     extended = [job(tmp_path, continue_from=str(clip), seed=seed) for seed in (1, 2)]
-    assert plain[0].batch_key == plain[1].batch_key == str(tmp_path)
-    keys = {request.batch_key for request in extended}
-    assert len(keys) == 2 and plain[0].batch_key not in keys
+    assert {request.batch_key for request in plain + extended} == {str(tmp_path)}
 
 
 # -- through the engine ---------------------------------------------------------------------------
@@ -150,23 +150,24 @@ async def test_too_long_an_extension_fails_with_the_limit(engine: Engine, tiny_m
         await engine.submit(job(tiny_model_dir, duration=29.5, continue_from=str(clip_path))).result()
 
 
-async def test_a_continuation_runs_alone_while_plain_jobs_batch(
+async def test_continuations_share_a_batch_with_plain_jobs_and_sound_as_alone(
     backend: MusicGenBackend, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     clip_path = tone_clip(tmp_path / "clip.opus", seconds=2.0)
-    engine, wrapped = make_engine(backend)
+    requests = [
+        wav_job(tiny_model_dir, "p0", duration=1.0),
+        wav_job(tiny_model_dir, "c0", duration=1.0, seed=1, continue_from=str(clip_path)),
+        wav_job(tiny_model_dir, "p1", duration=1.5),
+        wav_job(tiny_model_dir, "c1", duration=1.0, seed=2, continue_from=str(clip_path)),
+        wav_job(tiny_model_dir, "p2", duration=1.0),
+    ]
+    engine, wrapped = make_engine(backend, batch_window=0.5)
     async with engine:
-        handles = [
-            engine.submit(job(tiny_model_dir, "p0", duration=1.0)),
-            engine.submit(job(tiny_model_dir, "c0", duration=1.0, seed=1, continue_from=str(clip_path))),
-            engine.submit(job(tiny_model_dir, "p1", duration=1.5)),
-            engine.submit(job(tiny_model_dir, "c1", duration=1.0, seed=2, continue_from=str(clip_path))),
-            engine.submit(job(tiny_model_dir, "p2", duration=1.0)),
-        ]
-        audio = await asyncio.gather(*(h.result() for h in handles))
-    assert wrapped.batches == [["p0", "p1", "p2"], ["c0"], ["c1"]]
-    durations = [decode(a.data).duration for a in audio]
-    assert durations == pytest.approx([1.0, 3.0, 1.5, 3.0, 1.0], abs=0.03)
+        together = await asyncio.gather(*(engine.submit(request).result() for request in requests))
+        alone = [await engine.submit(request).result() for request in requests]
+    assert wrapped.batches[0] == ["p0", "c0", "p1", "c1", "p2"]
+    assert [decode(a.data).duration for a in together] == pytest.approx([1.0, 3.0, 1.5, 3.0, 1.0], abs=0.03)
+    assert [a.data for a in together] == [a.data for a in alone]
 
 
 async def test_cancel_a_running_continuation(engine: Engine, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -205,6 +206,35 @@ def test_a_continuation_leaves_the_model_as_it_found_it(backend: MusicGenBackend
     backend.generate([continuation(clip_path, temperature=0.0, cfg_coef=1.0)], listener)
     assert listener.results["c"].shape == (1, 4 * RATE)
     assert (model.duration, model.extend_stride, model.generation_params, model._progress_callback) == before
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {}], ids=["greedy", "sampled"])
+def test_the_loop_continues_like_stock_generate_continuation(
+    tiny_model_dir: Path, tmp_path: Path, sampling: dict[str, float]
+) -> None:
+    """A chunked prefill (16 positions a pass) and the job's own generator give stock audiocraft's tokens."""
+    chunked = tiny_backend(tiny_model_dir, prefill_chunk=16)
+    chunked.load()
+    clip_path = tone_clip(tmp_path / "clip.opus", seconds=3.0)
+    task = continuation(clip_path, duration=2.0, **sampling)
+    listener = RecordingListener()
+    chunked.generate([task], listener)
+    model = chunked._require()
+    clip = read_clip(str(clip_path), RATE, 1)
+    cut = plan(clip.shape[-1], task.duration, model)
+    assert cut.context_frames > 16 * 4  # the prompt really is prefilled in several chunks
+    model.set_generation_params(duration=cut.total_frames / model.frame_rate, **stock_params(task.sampling))
+    torch.manual_seed(task.seed)
+    stock = model.generate_continuation(clip[:, -cut.context_samples :], RATE, [task.prompt])
+    ours = listener.results["c"]
+    np.testing.assert_array_equal(ours[:, clip.shape[-1] :], stock[0, :, cut.context_samples :].numpy())
+
+
+def stock_params(sampling: SamplingParams) -> dict[str, object]:
+    return {
+        "use_sampling": sampling.temperature > 0, "temperature": sampling.temperature, "top_k": sampling.top_k,
+        "top_p": sampling.top_p, "cfg_coef": sampling.cfg_coef,
+    }
 
 
 def test_the_context_is_the_end_of_the_clip(backend: MusicGenBackend, tmp_path: Path) -> None:

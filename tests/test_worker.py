@@ -82,13 +82,22 @@ async def test_events_tell_the_whole_story(engine: Engine, tiny_model_dir: Path)
     assert progress[-1].done == progress[-1].total == 53
 
 
-async def test_jobs_waiting_together_share_one_batch(shared_backends: dict[str, Backend], tiny_model_dir: Path) -> None:
-    engine, backends = make_engine(shared_backends, max_batch=3)
+@pytest.mark.parametrize(
+    ("batching", "batches", "joined"),
+    [("static", [3, 2], [0, 0]), ("continuous", [3], [2])],
+)
+async def test_jobs_waiting_together_share_one_batch(
+    shared_backends: dict[str, Backend], tiny_model_dir: Path, batching: str, batches: list[int], joined: list[int]
+) -> None:
+    """Static: a second batch once the first is done. Continuous: the other two join as rows free up."""
+    engine, backends = make_engine(shared_backends, max_batch=3, batching=batching)
     async with engine:
         prompts = [f"prompt number {i}" for i in range(5)]
         handles = [engine.submit(job(tiny_model_dir, prompt, duration=1.0 + i / 4)) for i, prompt in enumerate(prompts)]
         audio = await asyncio.gather(*(h.result() for h in handles))
-    assert [len(batch) for batch in backends[str(tiny_model_dir)].batches] == [3, 2]
+    backend = backends[str(tiny_model_dir)]
+    assert [len(batch) for batch in backend.batches] == batches
+    assert [len(prompts) for prompts in backend.joined] == joined
     assert [decode(a.data).duration for a in audio] == pytest.approx([1.0, 1.25, 1.5, 1.75, 2.0], abs=0.03)
 
 
