@@ -26,10 +26,10 @@ from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, Timing, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
+from generation.admission import Admission, UserLimits, estimate_waits
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
-from generation.scheduler import Admission, UserLimits, estimate_waits
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The fair queue, admission limits, throughput and ETAs (generation/scheduler.py)."""
+"""Admission limits, throughput and ETAs (generation/admission.py), and the fair queue (generation/queue.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation.backends.base import BatchListener, GenerationTask
-from generation.jobs import JobRequest
-from generation.queue import FairQueue
-from generation.scheduler import (
+from generation.admission import (
     Admission,
     RateLimited,
     Throughput,
@@ -25,6 +22,9 @@ from generation.scheduler import (
     estimate_waits,
     format_wait,
 )
+from generation.backends.base import BatchListener, GenerationTask
+from generation.jobs import JobRequest
+from generation.queue import FairQueue
 from generation.settings import EngineSettings
 from generation.worker import Engine
 
