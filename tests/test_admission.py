@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generation.admission import (
     Admission,
@@ -12,6 +15,7 @@ from generation.admission import (
     Throughput,
     UserLimits,
     estimate_waits,
+    estimate_waits_continuous,
     format_wait,
 )
 from generation.queue import FairQueue
@@ -259,3 +263,88 @@ def test_estimates_follow_the_fair_order() -> None:
     order = fair_order([Queued("a1", "ann", 10.0), Queued("a2", "ann", 10.0), Queued("b1", "bob", 30.0)])
     waits = estimate_waits(order, running_remaining=0.0, rate=10.0, max_batch=1)
     assert waits == {"a1": (0.0, 1.0), "b1": (1.0, 4.0), "a2": (4.0, 5.0)}
+
+
+# -- ETAs with continuous batching: rows free one by one ----------------------------------------------
+
+
+def test_a_queued_job_takes_the_first_row_that_frees() -> None:
+    # Two rows; the whole batch makes 4 audio-s per s, so one row 2: a job of d s takes d / 2 s.
+    # Rows free at 3 and 5. a (10 s) takes the row freeing at 3: 3 + 5 = 8. b (4 s): 5 + 2 = 7.
+    # c (6 s) takes b's row, which frees first, at 7: 7 + 3 = 10.
+    waits = estimate_waits_continuous(
+        [("a", 10.0), ("b", 4.0), ("c", 6.0)], running=[3.0, 5.0], rate=4.0, max_batch=2
+    )
+    assert waits == {"a": (3.0, 8.0), "b": (5.0, 7.0), "c": (7.0, 10.0)}
+
+
+def test_closed_batches_would_start_the_same_queue_later() -> None:
+    # The same queue with static batching: a and b wait for the whole batch (5 s) and end
+    # together at 5 + 14 / 4; c waits for both.
+    waits = estimate_waits([("a", 10.0), ("b", 4.0), ("c", 6.0)], running_remaining=5.0, rate=4.0, max_batch=2)
+    assert waits == {"a": (5.0, 8.5), "b": (5.0, 8.5), "c": (8.5, 10.0)}
+
+
+def test_idle_rows_start_jobs_at_once() -> None:
+    # Four rows, one busy for 6 s; 8 audio-s per s in all, 2 per row. x, y and z start now
+    # (done at 4 / 2, 2 / 2, 10 / 2); w takes y's row when it frees at 1, and is done at 1 + 1.
+    waits = estimate_waits_continuous(
+        [("x", 4.0), ("y", 2.0), ("z", 10.0), ("w", 2.0)], running=[6.0], rate=8.0, max_batch=4
+    )
+    assert waits == {"x": (0.0, 2.0), "y": (0.0, 1.0), "z": (0.0, 5.0), "w": (1.0, 2.0)}
+    assert estimate_waits_continuous([], running=[6.0], rate=8.0, max_batch=4) == {}
+
+
+def test_with_more_jobs_running_than_rows_a_row_frees_when_enough_have_finished() -> None:
+    # Two rows, three jobs running (the setting was lowered), ending at 1, 2 and 9: a row is
+    # free only at 2, once two have ended. One row makes 1 audio-s per s.
+    waits = estimate_waits_continuous([("a", 3.0), ("b", 1.0)], running=[9.0, 1.0, 2.0], rate=2.0, max_batch=2)
+    assert waits == {"a": (2.0, 5.0), "b": (5.0, 6.0)}
+
+
+def test_continuous_estimates_follow_the_fair_order() -> None:
+    # Fair order a1, b1, a2; two rows of 10 audio-s per s each, both free now.
+    order = fair_order([Queued("a1", "ann", 10.0), Queued("a2", "ann", 10.0), Queued("b1", "bob", 30.0)])
+    waits = estimate_waits_continuous(order, running=[], rate=20.0, max_batch=2)
+    assert waits == {"a1": (0.0, 1.0), "b1": (0.0, 3.0), "a2": (1.0, 2.0)}
+
+
+def test_continuous_estimates_without_a_rate_are_unknown_and_bad_input_is_refused() -> None:
+    assert estimate_waits_continuous([("x", 8.0)], running=[], rate=None, max_batch=1) is None
+    assert estimate_waits_continuous([("x", 2.0)], running=[-1.0], rate=1.0, max_batch=1) == {"x": (0.0, 2.0)}
+    for rate, max_batch, running in [(0.0, 1, []), (math.inf, 1, []), (1.0, 0, []), (1.0, 1, [math.nan])]:
+        with pytest.raises(ValueError):
+            estimate_waits_continuous([("x", 8.0)], running=running, rate=rate, max_batch=max_batch)
+
+
+durations = st.lists(st.floats(0.5, 30.0), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(queued=durations, running=st.lists(st.floats(0.0, 60.0), max_size=10), max_batch=st.integers(1, 6))
+def test_continuous_estimates_never_run_more_than_max_batch_jobs_and_never_leave_a_row_idle(
+    queued: list[float], running: list[float], max_batch: int
+) -> None:
+    queue = [(f"j{n}", duration) for n, duration in enumerate(queued)]
+    waits = estimate_waits_continuous(queue, running=running, rate=3.0, max_batch=max_batch)
+    assert waits is not None and list(waits) == [job_id for job_id, _ in queue]
+    starts = [start for start, _ in waits.values()]
+    assert starts == sorted(starts)  # jobs start in queue order
+    intervals = [(0.0, left) for left in running] + list(waits.values())
+    ends = {end for _, end in intervals}
+    for start, _ in waits.values():
+        busy = sum(1 for begin, end in intervals if begin <= start < end)
+        assert busy <= max_batch  # room for it when it starts
+        # it starts at once, or the moment another job ends: no row sits idle while it waits
+        assert start == 0.0 or start in ends
+
+
+@settings(max_examples=100, deadline=None)
+@given(queued=durations, left=st.floats(0.0, 60.0), rate=st.floats(0.1, 50.0))
+def test_with_one_row_continuous_and_static_batching_agree(queued: list[float], left: float, rate: float) -> None:
+    queue = [(f"j{n}", duration) for n, duration in enumerate(queued)]
+    continuous = estimate_waits_continuous(queue, running=[left], rate=rate, max_batch=1)
+    static = estimate_waits(queue, running_remaining=left, rate=rate, max_batch=1)
+    assert continuous is not None and static is not None
+    for job_id, _ in queue:
+        assert continuous[job_id] == pytest.approx(static[job_id])
