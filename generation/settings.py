@@ -42,7 +42,9 @@ class EngineSettings(BaseSettings):
     )
     batching: Literal["static", "continuous"] = Field(
         "continuous", validation_alias=AliasChoices("JAMGEN_BATCHING", "batching"),
-        description="continuous: jobs join the running batch at the next step; static: a batch is closed once it starts",
+        description=(
+            "continuous: jobs join the running batch at the next step; static: a batch is closed once it starts"
+        ),
     )
     precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
         "auto", validation_alias=AliasChoices("JAMGEN_PRECISION", "precision"),
