@@ -26,10 +26,10 @@ from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, Timing, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
+from generation.admission import Admission, UserLimits, estimate_waits, estimate_waits_continuous
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
-from generation.scheduler import Admission, UserLimits, estimate_waits
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
@@ -292,14 +292,15 @@ class Pipeline:
         return self._snapshot_at[1]
 
     def _compute_waits(self) -> dict[str, tuple[float, float]] | None:
+        """ETAs for the engine's batching: rows that free one by one (continuous), or closed batches (static)."""
         positions = self.engine.positions()
         queued = sorted((job for job in self.engine.jobs() if job.id in positions), key=lambda job: positions[job.id])
-        running = [job for job in self.engine.jobs() if job.state is JobState.RUNNING]
-        remaining = max((self._left(job) or 0.0 for job in running), default=0.0)
-        return estimate_waits(
-            [(job.id, job.request.duration) for job in queued], running_remaining=remaining,
-            rate=self.engine.throughput.rate, max_batch=self.engine.settings.max_batch,
-        )
+        queue = [(job.id, job.request.duration) for job in queued]
+        left = [self._left(job) or 0.0 for job in self.engine.jobs() if job.state is JobState.RUNNING]
+        rate, max_batch = self.engine.throughput.rate, self.engine.settings.max_batch
+        if self.engine.settings.batching == "continuous":
+            return estimate_waits_continuous(queue, running=left, rate=rate, max_batch=max_batch)
+        return estimate_waits(queue, running_remaining=max(left, default=0.0), rate=rate, max_batch=max_batch)
 
     # -- shutdown -----------------------------------------------------------------------------
     async def shutdown(self, grace: float) -> None:

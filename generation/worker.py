@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from generation.admission import Throughput
 from generation.backends.base import Backend, GenerationTask, Join
 from generation.encode import EncodeOptions, encode, normalize
 from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError, is_out_of_memory
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
 from generation.queue import FairQueue, JobQueue
-from generation.scheduler import Throughput
 from generation.settings import EngineSettings
 
 log = logging.getLogger(__name__)

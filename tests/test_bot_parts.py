@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import discord
 import pytest
 
 from bot.journal import JobRecord, State
+from bot.pipeline import Pipeline
 from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.ui.text import format_seconds, progress_bar, safe
+from generation.events import JobState
 from generation.jobs import JobRequest, OutputFormat
+from tests.bot_harness import engine_settings
 
 
 async def test_throttle_sends_first_at_once_then_coalesces_to_the_latest() -> None:
@@ -144,3 +149,32 @@ def test_model_option_names_only_served_models() -> None:
     for name in ("l", "large", "facebook/musicgen-large"):
         with pytest.raises(UserError, match="This bot serves"):
             cog._model(name)
+
+
+def pipeline_with_jobs(tmp_path: Path, batching: str) -> Pipeline:
+    """A pipeline over a stand-in engine: two rows; 4 audio-s per s in all, measured; two jobs running
+    (12 s and 20 s of audio, no progress yet: 3 s and 5 s left at the measured rate), one encoding
+    (off the rows) and three queued."""
+    def job(job_id: str, state: JobState, duration: float) -> SimpleNamespace:
+        return SimpleNamespace(id=job_id, state=state, request=SimpleNamespace(duration=duration), started_at=None)
+
+    jobs = [job("r1", JobState.RUNNING, 12.0), job("r2", JobState.RUNNING, 20.0), job("e", JobState.ENCODING, 30.0),
+            job("a", JobState.QUEUED, 10.0), job("b", JobState.QUEUED, 4.0), job("c", JobState.QUEUED, 6.0)]
+    engine: Any = SimpleNamespace(
+        settings=engine_settings(tmp_path, tmp_path, batching=batching, max_batch=2),
+        throughput=SimpleNamespace(rate=4.0), jobs=lambda: jobs, positions=lambda: {"a": 1, "b": 2, "c": 3},
+    )
+    return Pipeline(None, engine, None, None, lambda _: discord.ui.View())  # type: ignore[arg-type]
+
+
+def test_continuous_batching_etas_count_rows_freeing_one_by_one(tmp_path: Path) -> None:
+    # A row makes 2 audio-s per s. a takes the row freeing at 3 (done 3 + 10 / 2), b the one at 5
+    # (done 5 + 4 / 2); c takes b's, which frees first, at 7 (done 7 + 6 / 2).
+    waits = pipeline_with_jobs(tmp_path, "continuous").waits()
+    assert waits == {"a": (3.0, 8.0), "b": (5.0, 7.0), "c": (7.0, 10.0)}
+
+
+def test_static_batching_etas_wait_for_whole_batches(tmp_path: Path) -> None:
+    # a and b wait for the running batch (5 s) and take (10 + 4) / 4 s together; c goes after them.
+    waits = pipeline_with_jobs(tmp_path, "static").waits()
+    assert waits == {"a": (5.0, 8.5), "b": (5.0, 8.5), "c": (8.5, 10.0)}

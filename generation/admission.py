@@ -5,14 +5,17 @@ The order jobs start in is :class:`~generation.queue.FairQueue`'s (round-robin a
 * :class:`Admission` applies per-user limits (jobs in progress, a token bucket over
   time) and the global queue cap, and refuses with a :class:`RateLimited` that says
   in plain English when to try again.
-* :class:`Throughput` measures generation speed, and :func:`estimate_waits` turns it
-  into per-job ETAs.
+* :class:`Throughput` measures generation speed, and :func:`estimate_waits` (static
+  batching: closed batches, one after another) or :func:`estimate_waits_continuous`
+  (continuous batching: a queued job takes the first row that frees) turns it into
+  per-job ETAs.
 
 Nothing here knows about Discord: owners and admission keys are opaque strings.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -279,10 +282,13 @@ class Throughput:
         self.samples += 1
 
 
+Waits = dict[str, tuple[float, float]]  # job id -> (seconds until it starts, seconds until it is done)
+
+
 def estimate_waits(
     queue: list[tuple[str, float]], *, running_remaining: float, rate: float | None, max_batch: int
-) -> dict[str, tuple[float, float]] | None:
-    """job id -> (seconds until it starts, seconds until it is done); ``None`` when ``rate`` is unknown.
+) -> Waits | None:
+    """ETAs for static batching; ``None`` when ``rate`` is unknown.
 
     ``queue`` is ``(job id, duration)`` in start order (:meth:`FairQueue.ordered`);
     ``running_remaining`` is the wall time left for the batch running now (0 if idle).
@@ -291,11 +297,8 @@ def estimate_waits(
     """
     if rate is None:
         return None
-    if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"rate must be a positive number, got {rate}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    waits: dict[str, tuple[float, float]] = {}
+    _check_rate(rate, max_batch)
+    waits: Waits = {}
     start = max(0.0, running_remaining)
     for first in range(0, len(queue), max_batch):
         batch = queue[first : first + max_batch]
@@ -304,3 +307,56 @@ def estimate_waits(
             waits[job_id] = (start, end)
         start = end
     return waits
+
+
+def estimate_waits_continuous(
+    queue: list[tuple[str, float]], *, running: list[float], rate: float | None, max_batch: int
+) -> Waits | None:
+    """ETAs for continuous batching; ``None`` when ``rate`` is unknown.
+
+    ``queue`` is ``(job id, duration)`` in start order (:meth:`FairQueue.ordered`);
+    ``running`` holds each running job's remaining wall seconds; ``rate`` is
+    :class:`Throughput`'s audio seconds per wall second of the whole batch. The batch has
+    ``max_batch`` rows; each queued job, in queue order, takes the first row that frees
+    and runs for ``duration * max_batch / rate`` seconds there.
+
+    The model: every row advances at ``rate / max_batch`` audio seconds per wall second,
+    however many rows are running. Batching never lowers total throughput, and a row
+    never goes faster for having more rows beside it, so ``rate / max_batch`` is at most
+    any row's real pace, whatever batch sizes the average was measured over. It is exact
+    for a full batch measured over full batches, which is when jobs wait (a job waits
+    only while every row is taken); otherwise (an average from light load, a batch
+    emptying out at the end) it errs long, never short. Not modelled: the step a job
+    waits to join, its prefill, and jobs for another model, which cannot join the batch.
+    """
+    if rate is None:
+        return None
+    _check_rate(rate, max_batch)
+    row_seconds_per_audio_second = max_batch / rate
+    free_at = _rows_free_at(running, max_batch)
+    waits: Waits = {}
+    for job_id, duration in queue:
+        start = heapq.heappop(free_at)
+        end = start + duration * row_seconds_per_audio_second
+        waits[job_id] = (start, end)
+        heapq.heappush(free_at, end)
+    return waits
+
+
+def _rows_free_at(running: list[float], max_batch: int) -> list[float]:
+    """When each of the ``max_batch`` rows frees, as a heap: an idle row at 0.
+
+    With more jobs running than rows (the setting was lowered), a row frees only once
+    enough of them have finished, so the rows free when the latest ``max_batch`` do.
+    """
+    if any(math.isnan(left) for left in running):
+        raise ValueError("a running job's remaining time is NaN")
+    latest = sorted(max(0.0, left) for left in running)[-max_batch:]
+    return [0.0] * (max_batch - len(latest)) + latest  # sorted, hence already a heap
+
+
+def _check_rate(rate: float, max_batch: int) -> None:
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number, got {rate}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
