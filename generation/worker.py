@@ -116,10 +116,16 @@ class _Run:
 
     JOIN_POLL = 1.0  # seconds between checks that the event loop still runs, while a join waits for it
 
-    def __init__(self, engine: Engine, key: str, handles: Sequence[JobHandle]) -> None:
+    def __init__(self, engine: Engine, key: str, handles: Sequence[JobHandle], listener: _Listener) -> None:
         self._engine = engine
         self.key = key
         self.handles = list(handles)
+        self._listener = listener
+
+    def _rows_free(self) -> int:
+        """``max_batch`` less the jobs of this run still generating (whatever the backend's own cap)."""
+        generating = sum(1 for h in self.handles if not h.done and h.id not in self._listener.ended)
+        return self._engine.settings.max_batch - generating
 
     def join(self, free: int) -> list[GenerationTask]:
         """The join check, on the generation thread: cheap when nothing waits; else one hop to the event loop."""
@@ -137,7 +143,7 @@ class _Run:
 
     async def _take(self, free: int) -> list[GenerationTask]:
         engine = self._engine
-        taken = [pending.handle for pending in engine._queue.take_ready(free, self.key)]
+        taken = [pending.handle for pending in engine._queue.take_ready(min(free, self._rows_free()), self.key)]
         joined = [handle for handle in taken if not handle.done]
         if not taken:
             return []
@@ -282,7 +288,7 @@ class Engine:
         self._start(handles)
         backend = self._backend(handles[0].request.model)
         listener = _Listener(self, backend, self.settings.progress_interval)
-        run = _Run(self, handles[0].request.batch_key, handles)
+        run = _Run(self, handles[0].request.batch_key, handles, listener)
         join = run.join if joins and self.settings.batching == "continuous" else None
         log.info("batch of %d on %s (%s)", len(handles), backend.model_id, "joins open" if join else "closed")
         self._meter.busy()

@@ -236,3 +236,32 @@ async def test_event_loop_stays_responsive_during_generation(engine: Engine, tin
         worst = max(worst, loop.time() - before - 0.01)
     await handle.result()
     assert worst < 0.5, f"event loop stalled {worst:.3f}s"
+
+
+async def test_jobs_join_a_running_batch_and_are_told(
+    shared_backends: dict[str, Backend], tiny_model_dir: Path
+) -> None:
+    """With 2 rows, a 6 s job running: the first late job joins at once, the second waits for a free row."""
+    engine, backends = make_engine(shared_backends, max_batch=2, batch_window=0.0)
+    finished: list[str] = []
+
+    async def follow(handle: JobHandle) -> list[object]:
+        events = await collect(handle)
+        finished.append(handle.request.prompt)
+        return events
+
+    async with engine:
+        long = engine.submit(job(tiny_model_dir, "long", duration=6.0))
+        async for event in long.events():
+            if isinstance(event, Progress) and event.done > 0:
+                break
+        late = [engine.submit(job(tiny_model_dir, f"late{i}", duration=1.0)) for i in range(2)]
+        late_events = await asyncio.gather(*(follow(handle) for handle in late))
+        await follow(long)
+    assert backends[str(tiny_model_dir)].batches == [["long"]]
+    assert backends[str(tiny_model_dir)].joined == [["late0", "late1"]]
+    assert finished == ["late0", "late1", "long"]
+    first, second = ([type(event) for event in events] for events in late_events)
+    assert first[:2] == [Queued, Started] and first[-1] is Finished
+    assert second[:2] == [Queued, Queued] and second[2] is Started  # position 2, then 1 once late0 joined
+    assert [event.position for event in late_events[1][:2]] == [2, 1]  # type: ignore[attr-defined]
