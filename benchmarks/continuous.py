@@ -1,0 +1,191 @@
+"""Continuous vs static batching: time from request to file on a stream of requests.
+
+    .venv/bin/python benchmarks/continuous.py          # small architecture, 3 runs: ~25 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/continuous.py --scale tiny --runs 1   # a quick look
+
+24 requests on the musicgen-small architecture (random weights, CPU): 18 of 2 s and 6
+of 8 s, in an order shuffled by a fixed seed, arriving as a Poisson stream (fixed seed)
+whose rate keeps the static engine about 70% busy. The engine's capacity is measured
+first (8 requests of 2 s at once, static) and the arrival rate is set from it.
+
+Each run serves the same stream twice, in fresh processes, with ``JAMGEN_BATCHING=static``
+(a batch is closed once it starts) and ``continuous`` (jobs join the running batch between
+steps); the order alternates between runs. "Delivered" means the encoded file is ready.
+It prints p50, p95 and max time from request to file, and throughput (audio seconds per
+wall second from the first request to the last file), per run and the median of the runs.
+Goals: p95 at least 1.5x lower and p50 at least 2x lower with continuous batching,
+throughput no lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.batching import in_process, offline_tokenizer  # noqa: E402
+from benchmarks.common import nearest_rank  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
+from generation.backends.checkpoints import write_random_checkpoint  # noqa: E402
+from generation.jobs import JobRequest  # noqa: E402
+from generation.settings import EngineSettings  # noqa: E402
+from generation.worker import Engine  # noqa: E402
+
+PROMPTS = ["lofi slow bpm electro chill", "crazy EDM, heavy bang", "jazz trio late at night", "epic orchestral score"]
+MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float  # seconds after the stream starts
+    duration: float
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    latencies: list[float]  # request -> file, per request
+    span: float  # first request -> last file
+    audio: float  # seconds of audio delivered
+
+    @property
+    def throughput(self) -> float:
+        return self.audio / self.span
+
+
+def stream(seed: int, rate: float) -> list[Arrival]:
+    """18 requests of 2 s and 6 of 8 s, shuffled, with exponential gaps of mean ``1 / rate``."""
+    rng = random.Random(seed)
+    durations = [2.0] * 18 + [8.0] * 6
+    rng.shuffle(durations)
+    at, arrivals = 0.0, []
+    for index, duration in enumerate(durations):
+        arrivals.append(Arrival(at, duration, PROMPTS[index % len(PROMPTS)], index))
+        at += rng.expovariate(rate)
+    return arrivals
+
+
+def settings(model_dir: Path, batching: str) -> EngineSettings:
+    return EngineSettings(  # type: ignore[call-arg]
+        model=str(model_dir), device="cpu", max_batch=MAX_BATCH, batch_window=0.2, batching=batching
+    )
+
+
+def request(model_dir: Path, arrival: Arrival) -> JobRequest:
+    return JobRequest.create(prompt=arrival.prompt, duration=arrival.duration, seed=arrival.seed, model=str(model_dir))
+
+
+async def _warm(engine: Engine, model_dir: Path) -> None:
+    await engine.warm_up()
+    await engine.submit(request(model_dir, Arrival(0.0, 1.0, "warm up", 0))).result()
+
+
+def capacity(model_dir: Path) -> float:
+    """Audio seconds per wall second of the static engine with 8 requests of 2 s at once (a fresh process)."""
+    warnings.filterwarnings("ignore")
+    offline_tokenizer()
+
+    async def run() -> float:
+        async with Engine(settings(model_dir, "static")) as engine:
+            await _warm(engine, model_dir)
+            start = time.perf_counter()
+            jobs = [engine.submit(request(model_dir, Arrival(0.0, 2.0, PROMPTS[i % 4], i))) for i in range(MAX_BATCH)]
+            await asyncio.gather(*(job.result() for job in jobs))
+            return MAX_BATCH * 2.0 / (time.perf_counter() - start)
+
+    return asyncio.run(run())
+
+
+def serve(model_dir: Path, batching: str, arrivals: list[Arrival]) -> Outcome:
+    """Play the stream into a fresh engine (a fresh process, as in the bot)."""
+    warnings.filterwarnings("ignore")
+    offline_tokenizer()
+
+    async def run() -> Outcome:
+        async with Engine(settings(model_dir, batching)) as engine:
+            await _warm(engine, model_dir)
+            start = time.perf_counter()
+
+            async def one(arrival: Arrival) -> float:
+                await asyncio.sleep(max(0.0, start + arrival.at - time.perf_counter()))
+                asked = time.perf_counter()
+                await engine.submit(request(model_dir, arrival)).result()
+                return time.perf_counter() - asked
+
+            latencies = await asyncio.gather(*(one(arrival) for arrival in arrivals))
+            span = time.perf_counter() - start
+        return Outcome(list(latencies), span, sum(arrival.duration for arrival in arrivals))
+
+    return asyncio.run(run())
+
+
+def row(name: str, outcome: Outcome) -> str:
+    p50, p95 = nearest_rank(outcome.latencies, 50), nearest_rank(outcome.latencies, 95)
+    return (f"  {name:<11} p50 {p50:6.1f} s  p95 {p95:6.1f} s  max {max(outcome.latencies):6.1f} s  "
+            f"throughput {outcome.throughput:.3f} audio-s/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", choices=["tiny", "small"], default="small")
+    parser.add_argument("--busy", type=float, default=0.7, help="share of the static engine's capacity to load")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    offline_tokenizer()
+    print(describe())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_random_checkpoint(Path(tmp) / "model", scale=args.scale, tokenizer="whitespace")
+        cap = in_process(capacity, model_dir)
+        arrivals = stream(args.seed, rate=args.busy * cap / 3.5)  # 3.5 s: the stream's mean request
+        print(f"musicgen-{args.scale} architecture, random weights; static capacity {cap:.3f} audio-s/s "
+              f"(8 x 2 s at once); 24 requests over {arrivals[-1].at:.0f} s ({args.busy:.0%} busy)")
+        results: dict[str, list[Outcome]] = {"static": [], "continuous": []}
+        for run in range(args.runs):
+            order = ["static", "continuous"] if run % 2 == 0 else ["continuous", "static"]
+            for batching in order:
+                results[batching].append(in_process(serve, model_dir, batching, arrivals))
+            print(f"run {run + 1}:")
+            for batching in ("static", "continuous"):
+                print(row(batching, results[batching][-1]))
+    report(results)
+
+
+def report(results: dict[str, list[Outcome]]) -> None:
+    def median(batching: str, measure: str) -> float:
+        values = []
+        for outcome in results[batching]:
+            values.append({
+                "p50": nearest_rank(outcome.latencies, 50), "p95": nearest_rank(outcome.latencies, 95),
+                "max": max(outcome.latencies), "throughput": outcome.throughput,
+            }[measure])
+        return statistics.median(values)
+
+    print(f"median of {len(results['static'])} run(s):")
+    for measure in ("p50", "p95", "max", "throughput"):
+        static, continuous = median("static", measure), median("continuous", measure)
+        print(f"  {measure:<10} static {static:7.2f}  continuous {continuous:7.2f}  ratio static/continuous "
+              f"{static / continuous:.2f}x")
+    p50 = median("static", "p50") / median("continuous", "p50")
+    p95 = median("static", "p95") / median("continuous", "p95")
+    throughput = median("continuous", "throughput") / median("static", "throughput")
+    print(f"goal p50 >= 2x lower: {p50:.2f}x -> {'met' if p50 >= 2 else 'missed'}")
+    print(f"goal p95 >= 1.5x lower: {p95:.2f}x -> {'met' if p95 >= 1.5 else 'missed'}")
+    print(f"goal throughput no lower: {throughput:.2f}x -> {'met' if throughput >= 1 else 'missed'}")
+
+
+if __name__ == "__main__":
+    main()
