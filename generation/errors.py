@@ -23,6 +23,10 @@ class JobFailed(GenerationError):
     """The job was accepted but could not be completed."""
 
 
+class MelodyUnreadable(JobFailed):
+    """The melody given to condition a job is missing, not audio, or empty."""
+
+
 class JobCancelled(GenerationError):
     """The job was cancelled before it finished."""
 

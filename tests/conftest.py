@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,52 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_words_model_dir(tmp_path_factory: pytest.TempPathFactory, offline_whitespace_tokenizer: None) -> Path:
     """A tiny checkpoint whose prompts are one token per word, so a batch's texts have different lengths."""
     return write_random_checkpoint(tmp_path_factory.mktemp("tiny-musicgen-words"), tokenizer="whitespace", seed=1)
+
+
+# demucs' random test model for this seed lets a melody through to the chroma. With most
+# seeds the untrained decoder's artefact at samplerate/4 = 11025 Hz (about an F) outweighs
+# the input, every chroma frame's argmax is F, and the melody (and demucs' random shift)
+# cannot show in the condition at all.
+DEMUCS_TEST_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def offline_demucs() -> Iterator[None]:
+    """``ChromaStemConditioner`` gets demucs' own random ``demucs_unittest`` model instead of downloading htdemucs."""
+    import demucs.pretrained
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMUCS_TEST_SEED)
+        model = demucs.pretrained.demucs_unittest().eval()
+
+    def get_model(name: str, repo: Path | None = None) -> Any:
+        assert name == "htdemucs" and repo is None, f"unexpected demucs model {name!r} (repo {repo})"
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demucs.pretrained, "get_model", get_model)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny musicgen-stereo: 8 interleaved streams, decoded to 2 channels."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-musicgen-stereo"), variant="stereo", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_melody_model_dir(tmp_path_factory: pytest.TempPathFactory, offline_demucs: None) -> Path:
+    """A tiny musicgen-melody: chroma and text prepended, no cross-attention. Load it with ``offline_demucs``."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-musicgen-melody"), variant="melody", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_melody_model_dir(tmp_path_factory: pytest.TempPathFactory, offline_demucs: None) -> Path:
+    """A tiny musicgen-stereo-melody. Load it with ``offline_demucs``."""
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny-musicgen-stereo-melody"), variant="stereo-melody", seed=4
+    )
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ class MusicGenBackend:
         from audiocraft.models import MusicGen  # heavy: imported only when a model is needed
 
         from generation.backends.decoder import BatchDecoder
+        from generation.backends.support import check_supported
 
         device = resolve_device(self.device_name)
         log.info("loading %s on %s", self.model_id, device)
@@ -82,6 +83,7 @@ class MusicGenBackend:
         except Exception as exc:
             log.debug("loading %s failed", self.model_id, exc_info=True)
             raise ModelLoadError(f"Could not load the model: {_load_hint(self.model_id)} ({exc}).") from exc
+        check_supported(model.lm)  # before the decoder wraps its layers: refuse what it cannot run, and say why
         self._decoder = BatchDecoder(model, **self._decoder_options)
         self._model = model
         log.info("loaded %s: %s Hz, up to %ss", self.model_id, model.sample_rate, model.max_duration)

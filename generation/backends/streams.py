@@ -134,7 +134,7 @@ class StreamBuilder:
         if task.melody_from is not None:
             if "self_wav" not in self.lm.condition_provider.conditioners:
                 raise JobFailed("This model does not follow a melody: pick a melody model (musicgen-melody).")
-            melody_wavs = [melody.read_melody(task.melody_from, self.model.sample_rate, self.model.audio_channels)]
+            melody_wavs = [melody.read_melody(task.melody_from, self.model.sample_rate)]
         prompt = None if prompt_wav is None else prompt_wav[None]
         attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(
             [task.prompt], prompt, melody_wavs=melody_wavs
