@@ -33,13 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.batching import in_process, offline_tokenizer  # noqa: E402
-from benchmarks.common import nearest_rank  # noqa: E402
-from benchmarks.machine import describe  # noqa: E402
-from generation.backends.checkpoints import write_random_checkpoint  # noqa: E402
-from generation.jobs import JobRequest  # noqa: E402
-from generation.settings import EngineSettings  # noqa: E402
-from generation.worker import Engine  # noqa: E402
+from benchmarks.batching import in_process, offline_tokenizer
+from benchmarks.common import nearest_rank
+from benchmarks.machine import describe
+from generation.backends.checkpoints import write_random_checkpoint
+from generation.jobs import JobRequest
+from generation.settings import EngineSettings
+from generation.worker import Engine
 
 PROMPTS = ["lofi slow bpm electro chill", "crazy EDM, heavy bang", "jazz trio late at night", "epic orchestral score"]
 MAX_BATCH = 8
