@@ -275,7 +275,11 @@ class Pipeline:
         fraction, when = self._progress.get(handle.id, (0.0, 0.0))
         if handle.started_at is None or fraction <= 0.0:
             rate = self.engine.throughput.rate
-            return None if rate is None else handle.request.duration / rate
+            if rate is None:
+                return None
+            settings = self.engine.settings  # continuous: one row's pace, as estimate_waits_continuous assumes
+            rows = settings.max_batch if settings.batching == "continuous" else 1
+            return handle.request.duration * rows / rate
         elapsed = when - handle.started_at
         return max(0.0, elapsed * (1 - fraction) / fraction - (time.monotonic() - when))
 

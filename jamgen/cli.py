@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-test-model", help="write a random-weight MusicGen checkpoint (offline demo)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--scale", choices=["tiny", "small"], default="tiny")
+    tiny.add_argument(
+        "--variant", choices=["mono", "stereo", "melody", "stereo-melody"], default="mono",
+        help="melody ones need demucs' htdemucs weights (downloaded once, like MusicGen's) when they load",
+    )
     return parser
 
 
@@ -89,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_doctor(args.model, skip_model=args.skip_model)
         from generation.backends.checkpoints import write_random_checkpoint
 
-        path = write_random_checkpoint(args.directory, scale=args.scale)
-        sys.stdout.write(f"wrote a random {args.scale} MusicGen checkpoint to {path}\n")
+        path = write_random_checkpoint(args.directory, scale=args.scale, variant=args.variant)
+        sys.stdout.write(f"wrote a random {args.scale} {args.variant} MusicGen checkpoint to {path}\n")
         return 0
     except GenerationError as exc:
         sys.stderr.write(f"jamgen: {exc}\n")

@@ -172,3 +172,12 @@ def test_make_test_model(tmp_path: Path) -> None:
     assert (target / "state_dict.bin").stat().st_size > 0
     assert (target / "compression_state_dict.bin").stat().st_size > 0
     assert str(target) in result.stdout
+
+
+def test_make_a_stereo_test_model_and_generate_two_channels(tmp_path: Path) -> None:
+    target = tmp_path / "stereo"
+    assert "stereo" in ok(jamgen("make-test-model", target, "--variant", "stereo", cwd=tmp_path)).stdout
+    ok(jamgen("generate", "calm piano", "--model", target, "--duration", "1", "--format", "wav", "-o", tmp_path / "out",
+              cwd=tmp_path))
+    (wav,) = (tmp_path / "out").glob("*.wav")
+    assert decode(wav.read_bytes()).channels == 2
