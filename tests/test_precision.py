@@ -153,9 +153,8 @@ def test_resolve_mode(requested: str, device: str, mode: str) -> None:
      ("auto", "mps", "cpu and cuda only"), ("auto", "gpu", "Unknown device 'gpu'")],
 )
 def test_resolve_mode_refuses(requested: str, device: str, words: str) -> None:
-    with pytest.raises(ModelLoadError, match=words) as caught:
+    with pytest.raises(ModelLoadError, match=words):
         resolve_mode(requested, device)
-    assert "Traceback" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -352,8 +351,24 @@ def unpadded_counts_differ(layer: nn.Module, padding: RowPadding, inputs: int) -
 
 
 @pytest.mark.parametrize("variant", ["fp32", "fp32-linear", "fp32-swapped", "bf16", "int8"])
-@pytest.mark.parametrize("shapes", [SMALL_SHAPES, TINY_SHAPES], ids=["small", "tiny"])
-def test_row_bits_do_not_depend_on_the_padded_row_count(variant: str, shapes: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize(
+    ("shapes", "threads"),
+    [(SMALL_SHAPES, None), (TINY_SHAPES, None), (TINY_SHAPES, 1)],
+    ids=["small", "tiny", "tiny-1thread"],
+)
+def test_row_bits_do_not_depend_on_the_padded_row_count(
+    variant: str, shapes: list[tuple[int, int]], threads: int | None
+) -> None:
+    """At the padded counts a row keeps its bits (at the thread count of the plan: it may differ by threads)."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
+    try:
+        row_classes_hold(variant, shapes)
+    finally:
+        torch.set_num_threads(default)
+
+
+def row_classes_hold(variant: str, shapes: list[tuple[int, int]]) -> None:
     layers, plan = planned_layers(shapes, variant)
     padding = plan.linear.padding
     assert padding.invariant
@@ -364,3 +379,19 @@ def test_row_bits_do_not_depend_on_the_padded_row_count(variant: str, shapes: li
     if padding != RowPadding(1, 1):  # the padding is not for show: some count it avoids does change bits
         assert any(differing.values()), differing
     logging.getLogger(__name__).info("%s %s: counts that change bits: %s", variant, padding, differing)
+
+
+def test_stock_dynamic_quantisation_ties_a_row_to_its_neighbours() -> None:
+    """Why Int8Linear scales rows: with one activation scale per call, a larger neighbour changes a row's result."""
+    torch.manual_seed(4)
+    weight = torch.randn(64, 32)
+    plain = nn.Linear(32, 64, bias=False)
+    plain.weight = nn.Parameter(weight)
+    stock = torch.ao.quantization.quantize_dynamic(nn.Sequential(plain), {nn.Linear}, dtype=torch.qint8)
+    ours = Int8Linear(weight, None)
+    rows = torch.randn(4, 32)
+    louder = rows.clone()
+    louder[3] *= 10
+    with torch.no_grad():
+        assert not torch.equal(stock(rows)[0], stock(louder)[0])
+        assert torch.equal(ours(rows)[0], ours(louder)[0])
