@@ -27,6 +27,7 @@ from generation.backends.precision import (
     Bf16Linear,
     FormLinear,
     Int8Linear,
+    LinearPlan,
     PrecisionPlan,
     RowPadding,
     apply_precision,
@@ -192,6 +193,19 @@ def test_padded_rows() -> None:
     assert [RowPadding(4, 4).padded_rows(rows) for rows in (2, 4, 6, 8, 16)] == [4, 4, 8, 8, 16]
     assert [RowPadding(12, 1).padded_rows(rows) for rows in (2, 11, 12, 14)] == [12, 12, 12, 14]
     assert RowPadding(1, 1).padded_rows(3) == 3
+
+
+@pytest.mark.parametrize(
+    ("padding", "jobs"),
+    [(RowPadding(4, 4), [2, 2, 4, 4, 6, 6, 8, 8]), (RowPadding(12, 1), [6, 6, 6, 6, 6, 6, 7, 8]),
+     (RowPadding(5, 1), [3, 3, 3, 4, 5, 6, 7, 8]), (RowPadding(1, 1), [1, 2, 3, 4, 5, 6, 7, 8])],
+)
+def test_padded_jobs_land_on_padded_rows(padding: RowPadding, jobs: list[int]) -> None:
+    plan = LinearPlan("linear", padding, "forced")
+    assert [plan.padded_jobs(count) for count in range(1, 9)] == jobs
+    for count in range(1, 9):
+        rows = 2 * plan.padded_jobs(count)
+        assert rows >= padding.min_rows and rows % padding.row_multiple == 0
 
 
 def test_choose_padding_adds_the_fewest_rows() -> None:

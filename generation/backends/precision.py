@@ -10,9 +10,9 @@ output heads), and the decoder calls them as modules (``self.in_proj(x)``), neve
     plan = apply_precision([lm.transformer, lm.linears], settings.precision, device, settings.linear)
 
 replaces each such ``nn.Linear`` child in place (fp32 keeps the very same parameters) and
-returns a :class:`PrecisionPlan`. The decoder then pads every decode step of ``rows`` rows to
-``plan.linear.padded_rows(rows)`` rows with filler rows, and keeps ``model.autocast`` on
-when ``plan.autocast``.
+returns a :class:`PrecisionPlan`. The decoder then pads every decode step of ``jobs`` jobs to
+``plan.linear.padded_jobs(jobs)`` jobs with filler jobs (``padded_rows`` in rows), and keeps
+``model.autocast`` on when ``plan.autocast``.
 
 Modes (:func:`resolve_mode` turns ``auto`` and the device into one, and refuses the pairs
 that make no sense with a :class:`~generation.errors.ModelLoadError`):
@@ -117,6 +117,10 @@ class LinearPlan:
     def padded_rows(self, rows: int) -> int:
         """The rows a decode step of ``rows`` real rows must have (filler rows make up the difference)."""
         return self.padding.padded_rows(rows)
+
+    def padded_jobs(self, jobs: int, rows_per_job: int = ROWS_PER_JOB) -> int:
+        """The jobs (real and filler) a step of ``jobs`` jobs must have, each ``rows_per_job`` rows."""
+        return -(-self.padded_rows(jobs * rows_per_job) // rows_per_job)
 
 
 @dataclass(frozen=True)
