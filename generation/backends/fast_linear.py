@@ -1,30 +1,28 @@
-"""A faster CPU matmul for the decode loop's many-row linear layers.
+"""Deprecated: kept only until the decoder calls :mod:`generation.backends.precision`.
 
-On the CPU, ``F.linear(x, W)`` (``x @ W.T``) with a handful of rows takes an MKL path
-whose time grows with the rows, while ``(W @ x.T).T`` streams the weights once for all
-rows. Measured on this project's 2-core machine (musicgen-small shapes, 3072x1024):
-2 rows: 0.24 vs 0.46 ms; 4 rows: 0.46 vs 0.45 ms; 16 rows: 0.90 vs 0.45 ms.
-So from :data:`MIN_ROWS` rows on, linear layers run as ``(W @ x.T).T``; fewer rows keep
-``F.linear`` (the path stock audiocraft takes for a lone prompt).
+``decoder.py``, ``self_attention.py`` and ``cross_attention.py`` still import :func:`linear`
+and :func:`install` from here; they behave as before (``F.linear`` below :data:`MIN_ROWS`
+rows, the swapped form from there on), computed by :func:`precision.linear`.
+
+This fixed threshold gives no row class: with MKL at 2 threads the swapped form gives a
+row the same bits only from 12 rows on (at 4-11 rows, counts 5-7 differ), and ``F.linear``
+only from 12 rows or at multiples of 4. Use :func:`precision.apply_precision`, whose plan
+measures the form and says how to pad the rows (``plan.linear.padded_rows``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from generation.backends import precision
 
 MIN_ROWS = 4
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    if rows < MIN_ROWS or x.device.type != "cpu":
-        return F.linear(x, weight, bias)
-    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return precision.linear(x, weight, bias, "linear" if rows < MIN_ROWS else "swapped")
 
 
 class RowAwareLinear(nn.Module):

@@ -1,0 +1,456 @@
+"""Precision modes and the CPU matmul form of the decode loop's linear layers.
+
+The contract with the decoder: once it has installed its attention wrappers, every linear
+layer a decode step uses is an ``nn.Linear`` child module under ``lm.transformer`` (the
+self-attention's packed in_proj, the cross-attention's q/k/v slices, ``out_proj``,
+``linear1``/``linear2``, all sharing the original parameters) or in ``lm.linears`` (the
+output heads), and the decoder calls them as modules (``self.in_proj(x)``), never through
+``F.linear`` on their weights. Then, on the thread and at the thread count that will decode::
+
+    plan = apply_precision([lm.transformer, lm.linears], settings.precision, device, settings.linear)
+
+replaces each such ``nn.Linear`` child in place (fp32 keeps the very same parameters) and
+returns a :class:`PrecisionPlan`. The decoder then pads every decode step of ``jobs`` jobs to
+``plan.linear.padded_jobs(jobs)`` jobs with filler jobs (``padded_rows`` in rows), and keeps
+``model.autocast`` on when ``plan.autocast``.
+
+Modes (:func:`resolve_mode` turns ``auto`` and the device into one, and refuses the pairs
+that make no sense with a :class:`~generation.errors.ModelLoadError`):
+
+* ``fp32`` (CPU): each linear runs in one of two forms, ``linear`` (``F.linear(x, W)``)
+  or ``swapped`` (``(W @ xᵀ)ᵀ``), chosen by :func:`measure_forms` at load unless forced.
+  Which is faster depends on the CPU's BLAS (the swapped form is ~3x faster with few rows
+  on an AMD EPYC without AMX, 0.7x on an Intel Xeon with AMX), so it is measured on the
+  model's largest feed-forward weight and its packed in_proj, at the row counts the decoder
+  will really use: 1 job and 8 jobs (2 rows per job with classifier-free guidance), each
+  padded as the form needs.
+* ``bf16`` (CPU): weights stored in bf16; each linear casts its input to bf16 and its
+  output back to fp32. Norms, attention and softmax stay fp32 (torch 2.1's CPU bf16
+  attention is very slow at decode shapes). Without AVX-512 BF16 / AMX it is slower than fp32.
+* ``int8`` (CPU): dynamic quantisation of every linear (qint8 weights with one scale per
+  output row, fbgemm kernels). Stock dynamic quantisation takes one activation scale for
+  the whole call, so a row's result would depend on its batch mates; :class:`Int8Linear`
+  scales each row to a unit range and appends two fixed rows (+1 and -1) so that the
+  activation scale never changes, which also makes each row's quantisation finer.
+  ``PrecisionPlan.quantised_fraction`` says how much of the modules' weights is int8.
+* ``fp16`` (CUDA): what audiocraft does on CUDA: weights loaded in fp16 and
+  ``model.autocast`` (float16) on, so ``plan.autocast`` is True. Nothing is rewritten.
+* ``fp32`` on CUDA: the given modules are cast to fp32 and autocast is off (audiocraft
+  loads fp16 weights on CUDA, so pass every module of the LM's forward pass, e.g. ``[lm]``).
+
+Row classes. A BLAS gives a row different low bits depending on how many rows share the
+call, and for some counts on its slot too. Measured with MKL (torch 2.1, AMD EPYC, 2
+threads): ``F.linear`` works in blocks of 4 rows, and below 12 rows the rows of a
+last, incomplete block get other bits; so a row's bits are the same at any count >= 12, or
+at any multiple of 4. The swapped form needs >= 12 (its 4-11 rows are not one class: at 5-7
+rows every row differs). With 1 thread ``F.linear`` is stable from 4 rows on. bf16 and the
+row-scaled int8 give the same bits at every count. Since this depends on the BLAS, the
+CPU and the thread count, :func:`probe_row_classes` measures it at load for the computation
+the plan uses, and :func:`choose_padding` picks the cheapest padding that lands on stable
+counts (:class:`RowPadding`: at least ``min_rows``, a multiple of ``row_multiple``). With
+it, a job's bits do not depend on how many jobs share its step, as long as the thread count
+stays ``plan.threads``. On CUDA nothing is padded and nothing is promised.
+
+:func:`linear` computes one linear in a given form, for code that holds raw weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, cast
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from torch.ao.quantization import per_channel_dynamic_qconfig
+from torch.nn import functional as F
+
+from generation.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["fp32", "bf16", "int8", "fp16"]
+Form = Literal["linear", "swapped"]
+MODES: tuple[Mode, ...] = ("fp32", "bf16", "int8", "fp16")
+FORMS: tuple[Form, ...] = ("linear", "swapped")
+CPU_MODES: tuple[Mode, ...] = ("fp32", "bf16", "int8")
+CUDA_MODES: tuple[Mode, ...] = ("fp32", "fp16")
+PROBE_COUNTS = (*range(1, 25), 32, 40)  # the row counts at which probe_row_classes compares a row's bits
+ROW_MULTIPLES = (1, 2, 4, 8)  # paddings to a multiple of these are probed
+MEASURED_JOBS = (1, 8)  # the decode steps measure_forms prices: 1 job and 8 jobs
+ROWS_PER_JOB = 2  # classifier-free guidance: a conditioned row and a null row
+
+
+@dataclass(frozen=True)
+class RowPadding:
+    """The row counts a decode step is padded to: at least ``min_rows``, a multiple of ``row_multiple``.
+
+    At those counts a row's bits depend neither on the count nor on its slot
+    (``invariant``; False when the probe found no such counts, and then nothing is padded).
+    """
+
+    min_rows: int
+    row_multiple: int
+    invariant: bool = True
+
+    def padded_rows(self, rows: int) -> int:
+        return max(self.min_rows, -(-rows // self.row_multiple) * self.row_multiple)
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """How the linears compute, and how a decode step's rows are padded for them."""
+
+    form: Form  # fp32 on the CPU: F.linear(x, W) or (W @ x.T).T; other modes use their own kernels ("linear")
+    padding: RowPadding
+    chosen_by: Literal["measured", "forced", "fixed"]  # fixed: the mode has a single form
+    costs: dict[str, float] | None = None  # measured seconds per form (a 1-job and an 8-job step), if measured
+
+    @property
+    def min_rows(self) -> int:
+        return self.padding.min_rows
+
+    def padded_rows(self, rows: int) -> int:
+        """The rows a decode step of ``rows`` real rows must have (filler rows make up the difference)."""
+        return self.padding.padded_rows(rows)
+
+    def padded_jobs(self, jobs: int, rows_per_job: int = ROWS_PER_JOB) -> int:
+        """The jobs (real and filler) a step of ``jobs`` jobs must have, each ``rows_per_job`` rows."""
+        return -(-self.padded_rows(jobs * rows_per_job) // rows_per_job)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What :func:`apply_precision` did, and what the decoder must do for it."""
+
+    mode: Mode
+    device: str
+    linear: LinearPlan
+    autocast: bool  # the decoder keeps the model's autocast (fp16) on around the LM's forward passes
+    rewritten: int  # nn.Linear modules replaced
+    quantised_fraction: float  # of the modules' parameter elements, stored in int8 (0 unless int8)
+    threads: int  # torch's intra-op threads when the row classes were probed: decode with as many
+    setup_seconds: float  # time spent measuring and converting
+
+
+# -- mode resolution ----------------------------------------------------------------------------
+
+
+def _device_type(device: str) -> str:
+    try:
+        return torch.device(device).type
+    except RuntimeError as exc:
+        raise ModelLoadError(f"Unknown device '{device}': use cpu or cuda.") from exc
+
+
+def resolve_mode(requested: str, device: str) -> Mode:
+    """``auto`` is fp32 on the CPU and fp16 on CUDA; a mode the device cannot run is refused."""
+    kind = _device_type(device)
+    if kind not in ("cpu", "cuda"):
+        raise ModelLoadError(f"Precision modes exist for cpu and cuda only, not '{device}'.")
+    if requested == "auto":
+        return "fp32" if kind == "cpu" else "fp16"
+    if requested not in MODES:
+        raise ModelLoadError(f"Unknown precision '{requested}': use auto, {', '.join(MODES)}.")
+    mode = cast(Mode, requested)
+    allowed = CPU_MODES if kind == "cpu" else CUDA_MODES
+    if mode not in allowed:
+        raise ModelLoadError(
+            f"Precision {mode} does not run on {kind}: use one of {', '.join(allowed)} there (or auto)."
+        )
+    return mode
+
+
+# -- the two fp32 forms -------------------------------------------------------------------------
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, form: Form = "linear"
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` as ``F.linear`` or, on the CPU, as ``(weight @ x.T).T``."""
+    if form == "linear" or x.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    rows = x.numel() // x.shape[-1]
+    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class FormLinear(nn.Module):
+    """An fp32 linear computed in a fixed form; holds the replaced layer's own parameters."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, form: Form) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight = weight
+        self.bias = bias
+        self.form: Form = form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.form)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, form={self.form}"
+
+
+# -- bf16 ---------------------------------------------------------------------------------------
+
+
+class Bf16Linear(nn.Module):
+    """Weights in bf16; the input is cast to bf16 and the output back to fp32 (bias added in fp32)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bf16"
+
+
+# -- int8 ---------------------------------------------------------------------------------------
+
+
+def _quantise(weight: torch.Tensor) -> quantized_dynamic.Linear:
+    """A dynamic qint8 linear (one scale per output row, no bias) for ``weight``."""
+    plain = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    plain.weight = nn.Parameter(weight.detach().float(), requires_grad=False)
+    plain.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
+    return quantized_dynamic.Linear.from_float(plain)
+
+
+class Int8Linear(nn.Module):
+    """A dynamically quantised linear whose rows do not depend on each other.
+
+    fbgemm quantises the whole input with one scale taken from its min and max, so stock
+    dynamic quantisation gives a row different results next to a larger row. Here each
+    row is divided by its largest magnitude, two fixed rows (+1 and -1 in the first
+    column) pin the input's range to [-1, 1], and the output rows are scaled back.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.quantised = _quantise(weight)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        pins = torch.zeros(2, self.in_features)
+        pins[0, 0], pins[1, 0] = 1.0, -1.0
+        self.register_buffer("pins", pins, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        out = self.quantised(torch.cat([flat / scale, self.pins]))[:-2] * scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, qint8 per-row"
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def probe_row_classes(
+    compute: Callable[[torch.Tensor], torch.Tensor], in_features: int, counts: Sequence[int] = PROBE_COUNTS
+) -> dict[int, int]:
+    """For each multiple ``q`` in :data:`ROW_MULTIPLES`: the smallest count (a multiple of ``q``) from
+    which every row's output bits stay the same at each probed multiple of ``q``."""
+    limit = max(counts)
+    x = torch.randn(limit, in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = compute(x)
+        stable = {rows: rows == limit or torch.equal(compute(x[:rows]), full[:rows]) for rows in counts}
+    classes = {}
+    for multiple in ROW_MULTIPLES:
+        probed = sorted((rows for rows in counts if rows % multiple == 0), reverse=True)
+        unstable = next((rows for rows in probed if not stable[rows]), 0)
+        classes[multiple] = unstable + multiple
+    return classes
+
+
+def choose_padding(classes: dict[int, int], limit: int = max(PROBE_COUNTS)) -> RowPadding:
+    """The padding that adds the fewest rows over steps of 1 to 8 jobs, among the probed classes.
+
+    A class must hold over at least the upper half of the probed counts to count; with none,
+    nothing is padded and the plan says rows are not invariant.
+    """
+    candidates = [RowPadding(rows, multiple) for multiple, rows in classes.items() if rows <= limit // 2]
+    if not candidates:
+        return RowPadding(1, 1, invariant=False)
+    steps = [ROWS_PER_JOB * jobs for jobs in range(1, max(MEASURED_JOBS) + 1)]
+    return min(candidates, key=lambda pad: (sum(pad.padded_rows(rows) for rows in steps), pad.row_multiple))
+
+
+def row_padding(compute: Callable[[torch.Tensor], torch.Tensor], in_features: int) -> RowPadding:
+    return choose_padding(probe_row_classes(compute, in_features))
+
+
+def _best_time(call: Callable[[], object], best: float) -> float:
+    start = time.perf_counter()
+    call()
+    return min(best, time.perf_counter() - start)
+
+
+def measure_forms(
+    weights: Sequence[torch.Tensor],
+    padding: dict[Form, RowPadding],
+    jobs: Sequence[int] = MEASURED_JOBS,
+    repeats: int = 3,
+) -> dict[Form, float]:
+    """Seconds per form for one linear of each weight at each decode step size (``jobs``), summed.
+
+    A step of ``j`` jobs has ``2 * j`` rows, padded as the form needs. Calls of both forms
+    are interleaved and the fastest of ``repeats`` is kept, so load on the machine weighs
+    on both alike.
+    """
+    cases = []
+    for weight in weights:
+        counts = {form: [padding[form].padded_rows(ROWS_PER_JOB * j) for j in jobs] for form in FORMS}
+        x = torch.randn(max(max(rows) for rows in counts.values()), weight.shape[1])
+        cases += [(form, x[:rows].contiguous(), weight) for form in FORMS for rows in counts[form]]
+    best = [float("inf")] * len(cases)
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first round warms caches up
+            for index, (form, x, weight) in enumerate(cases):
+                best[index] = _best_time(partial(linear, x, weight, None, form), best[index])
+    costs: dict[Form, float] = dict.fromkeys(FORMS, 0.0)
+    for (form, _, _), seconds in zip(cases, best, strict=True):
+        costs[form] += seconds
+    return costs
+
+
+# -- rewriting ----------------------------------------------------------------------------------
+
+
+def _linears(modules: Sequence[nn.Module]) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
+    """Every (parent, name, child) with ``type(child) is nn.Linear`` under ``modules``."""
+    for top in modules:
+        if type(top) is nn.Linear:
+            raise ValueError("apply_precision rewrites nn.Linear children: pass their parent module")
+        for parent in list(top.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    yield parent, name, child
+
+
+def _representative_weights(layers: Sequence[nn.Linear]) -> list[torch.Tensor]:
+    """The largest weight (a feed-forward) and a packed in_proj ([3D, D]) if there is one."""
+    largest = max(layers, key=lambda layer: layer.weight.numel()).weight
+    packed = [layer.weight for layer in layers if layer.weight.shape[0] == 3 * layer.weight.shape[1]]
+    return [largest.detach(), packed[0].detach()] if packed else [largest.detach()]
+
+
+def _probe_weight(layers: Sequence[nn.Linear]) -> torch.Tensor:
+    """The smallest weight: the row-class probe makes a call on it per probed count."""
+    return min(layers, key=lambda layer: layer.weight.numel()).weight.detach()
+
+
+def _storage_elements(tensors: Iterator[torch.Tensor]) -> int:
+    """Elements of the distinct storages behind ``tensors`` (views of one storage count once)."""
+    sizes: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        sizes[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
+    return sum(sizes.values())
+
+
+def _replacement(mode: Mode, layer: nn.Linear, form: Form) -> nn.Module:
+    if mode == "bf16":
+        return Bf16Linear(layer.weight, layer.bias)
+    if mode == "int8":
+        return Int8Linear(layer.weight, layer.bias)
+    return FormLinear(cast(nn.Parameter, layer.weight), cast(nn.Parameter | None, layer.bias), form)
+
+
+def _rewrite(found: list[tuple[nn.Module, str, nn.Linear]], mode: Mode, form: Form) -> int:
+    """Replace each found linear (a layer shared by several parents is converted once)."""
+    replaced: dict[int, nn.Module] = {}
+    for parent, name, child in found:
+        if id(child) not in replaced:
+            replaced[id(child)] = _replacement(mode, child, form)
+        setattr(parent, name, replaced[id(child)])
+    return len(replaced)
+
+
+def _in_form(weight: torch.Tensor, form: Form) -> Callable[[torch.Tensor], torch.Tensor]:
+    return partial(linear, weight=weight, bias=None, form=form)
+
+
+def _cpu_linear_plan(mode: Mode, layers: list[nn.Linear], requested: str) -> LinearPlan:
+    probe = _probe_weight(layers)
+    if mode == "bf16":
+        return LinearPlan("linear", row_padding(Bf16Linear(probe, None), probe.shape[1]), "fixed")
+    if mode == "int8":
+        return LinearPlan("linear", row_padding(Int8Linear(probe, None), probe.shape[1]), "fixed")
+    if requested in FORMS:
+        form = cast(Form, requested)
+        return LinearPlan(form, row_padding(_in_form(probe, form), probe.shape[1]), "forced")
+    padding = {form: row_padding(_in_form(probe, form), probe.shape[1]) for form in FORMS}
+    costs = measure_forms(_representative_weights(layers), padding)
+    chosen: Form = "swapped" if costs["swapped"] < costs["linear"] else "linear"
+    return LinearPlan(chosen, padding[chosen], "measured", {name: round(value, 6) for name, value in costs.items()})
+
+
+def _check_form_request(mode: Mode, kind: str, requested: str) -> None:
+    if requested not in ("auto", *FORMS):
+        raise ModelLoadError(f"Unknown linear form '{requested}': use auto, linear or swapped.")
+    if requested == "swapped" and not (mode == "fp32" and kind == "cpu"):
+        raise ModelLoadError(f"The swapped linear form is for fp32 on the CPU, not {mode} on {kind}: use auto.")
+
+
+def apply_precision(modules: Sequence[nn.Module], mode: str, device: str, linear: str = "auto") -> PrecisionPlan:
+    """Put every ``nn.Linear`` under ``modules`` in precision ``mode`` (``auto`` allowed) on ``device``.
+
+    ``linear`` forces the fp32 CPU form (``linear`` or ``swapped``); ``auto`` measures both.
+    Raises :class:`ModelLoadError` for a mode or form the device cannot run.
+    """
+    start = time.perf_counter()
+    resolved = resolve_mode(mode, device)
+    kind = _device_type(device)
+    _check_form_request(resolved, kind, linear)
+    if kind == "cuda":
+        return _apply_cuda(modules, resolved, device, start)
+    found = list(_linears(modules))
+    layers = list({id(child): child for _, _, child in found}.values())
+    if not layers:
+        raise ValueError("no nn.Linear under the given modules (is precision already applied?)")
+    total = _storage_elements(p for module in modules for p in module.parameters())
+    plan = _cpu_linear_plan(resolved, layers, linear)
+    quantised = _storage_elements(layer.weight for layer in layers) if resolved == "int8" else 0
+    rewritten = _rewrite(found, resolved, plan.form)
+    return _finish(resolved, device, plan, False, rewritten, quantised / max(total, 1), start)
+
+
+def _apply_cuda(modules: Sequence[nn.Module], mode: Mode, device: str, start: float) -> PrecisionPlan:
+    """fp16: audiocraft's own (fp16 weights, autocast on); fp32: the modules cast to fp32, autocast off."""
+    if mode == "fp32":
+        for module in modules:
+            module.float()
+    plan = LinearPlan("linear", RowPadding(1, 1, invariant=False), "fixed")
+    return _finish(mode, device, plan, mode == "fp16", 0, 0.0, start)
+
+
+def _finish(
+    mode: Mode, device: str, linear_plan: LinearPlan, autocast: bool, rewritten: int, fraction: float, start: float
+) -> PrecisionPlan:
+    threads = torch.get_num_threads()
+    plan = PrecisionPlan(mode, device, linear_plan, autocast, rewritten, fraction, threads, time.perf_counter() - start)
+    log.info(
+        "precision %s on %s: %d linears rewritten, form %s (%s, costs %s), padding %s at %d threads, "
+        "int8 fraction %.3f, autocast %s; took %.1f ms",
+        mode, device, rewritten, linear_plan.form, linear_plan.chosen_by, linear_plan.costs, linear_plan.padding,
+        threads, fraction, autocast, plan.setup_seconds * 1000,
+    )
+    return plan
