@@ -32,10 +32,6 @@ class EngineSettings(BaseSettings):
     encode_threads: int = Field(
         2, ge=1, le=16, validation_alias=AliasChoices("JAMGEN_ENCODE_THREADS", "encode_threads")
     )
-    min_batch_rows: int = Field(
-        1, ge=1, le=64, validation_alias=AliasChoices("JAMGEN_MIN_BATCH_ROWS", "min_batch_rows"),
-        description="pad each forward pass to this many jobs: 2 makes CPU results bit-identical at any batch size",
-    )
     job_attempts: int = Field(
         2, ge=1, le=10, validation_alias=AliasChoices("JAMGEN_JOB_ATTEMPTS", "job_attempts"),
         description="runs a job gets when the worker crashes on it (errors that are not about the job itself)",

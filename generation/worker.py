@@ -403,7 +403,7 @@ class Engine:
 
         settings = self.settings
         return MusicGenBackend(
-            model_id, device=settings.device, min_rows=2 * settings.min_batch_rows,
+            model_id, device=settings.device, precision=settings.precision, linear=settings.linear,
             prefill_chunk=settings.prefill_chunk, max_jobs=settings.max_batch,
         )
 

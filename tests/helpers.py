@@ -46,6 +46,7 @@ class FaultyBackend:
         self.fault = fault
         self.batches: list[list[str]] = []  # the prompts each batch started with
         self.joined: list[list[str]] = []  # the prompts that joined each batch while it ran
+        self.started: list[str] = []  # every prompt in the order it started, joined ones included
         self.freed = 0
         self.lock = threading.Lock()
 
@@ -68,6 +69,7 @@ class FaultyBackend:
         with self.lock:
             self.batches.append([task.prompt for task in tasks])
             self.joined.append([])
+            self.started.extend(task.prompt for task in tasks)
         if self.fault is not None:
             self.fault(tasks)
         self.inner.generate(tasks, listener, None if join is None else self._recording(join))
@@ -79,6 +81,7 @@ class FaultyBackend:
             tasks = join(free)
             with self.lock:
                 self.joined[-1].extend(task.prompt for task in tasks)
+                self.started.extend(task.prompt for task in tasks)
             return tasks
 
         return recorded

@@ -66,9 +66,9 @@ async def test_round_robin_one_users_backlog_does_not_starve_another(
         await world.fake.wait_for(lambda: "position 2 of 3" in (bobs.original.content if bobs.original else ""), 3)
         gate.open()
         await world.result_of(bobs)
-        await world.fake.wait_for(lambda: len(backend.batches) == 4)
+        await world.fake.wait_for(lambda: len(backend.started) == 4)
     # alice 2 was waiting before bob arrived; then turns alternate (first come first served: a2, a3, b1)
-    assert backend.batches == [["alice 1"], ["alice 2"], ["bob 1"], ["alice 3"]]
+    assert backend.started == ["alice 1", "alice 2", "bob 1", "alice 3"]
 
 
 async def test_queue_shows_positions_and_cancel_ends_a_queued_job(

@@ -18,8 +18,6 @@ from generation.jobs import SamplingParams
 from tests.helpers import RecordingListener, tiny_backend
 from tests.test_continuation import tone_clip
 
-ROWS = 12  # the decoder pads every decode step to this many rows: one row class for up to 6 jobs
-
 
 def task(job_id: str, prompt: str, duration: float, seed: int, **sampling: float) -> GenerationTask:
     return GenerationTask(job_id, prompt, duration, seed, SamplingParams(**sampling))  # type: ignore[arg-type]
@@ -43,7 +41,7 @@ class ScriptedJoin:
 
 @pytest.fixture(scope="module")
 def backend(tiny_words_model_dir: Path) -> MusicGenBackend:
-    loaded = tiny_backend(tiny_words_model_dir, min_rows=ROWS, max_jobs=8, prefill_chunk=16)
+    loaded = tiny_backend(tiny_words_model_dir, max_jobs=8, prefill_chunk=16)
     loaded.load()
     return loaded
 

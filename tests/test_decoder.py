@@ -32,9 +32,9 @@ def run(backend: MusicGenBackend, tasks: list[GenerationTask], **listener_args: 
     return listener
 
 
-@pytest.fixture(scope="module", params=[1, 4], ids=["min_rows=1", "min_rows=4"])
+@pytest.fixture(scope="module", params=["linear", "swapped"], ids=["F.linear", "swapped"])
 def backend(request: pytest.FixtureRequest, tiny_words_model_dir: Path) -> MusicGenBackend:
-    loaded = tiny_backend(tiny_words_model_dir, min_rows=request.param)
+    loaded = tiny_backend(tiny_words_model_dir, linear=request.param)
     loaded.load()
     return loaded
 

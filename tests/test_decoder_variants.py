@@ -39,7 +39,7 @@ def run(backend: MusicGenBackend, tasks: list[GenerationTask], join: ScriptedJoi
 
 
 def loaded(model_dir: Path) -> MusicGenBackend:
-    backend = tiny_backend(model_dir, min_rows=12, prefill_chunk=64)
+    backend = tiny_backend(model_dir, prefill_chunk=64)
     backend.load()
     return backend
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation.backends.base import BatchListener, GenerationTask
+from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.jobs import JobRequest
 from generation.queue import FairQueue
 from generation.settings import EngineSettings
@@ -329,10 +329,14 @@ class InstantBackend:
     def load(self) -> None:
         self.loaded = True
 
-    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener) -> None:
-        for task in tasks:
-            self.started.append(task.prompt)
-            listener.finished(task.job_id, np.zeros((1, int(task.duration * self.sample_rate)), np.float32))
+    def generate(self, tasks: Sequence[GenerationTask], listener: BatchListener, join: Join | None = None) -> None:
+        """Each job ends at once; then the jobs the join check hands out, until it has none."""
+        pending = list(tasks)
+        while pending:
+            for task in pending:
+                self.started.append(task.prompt)
+                listener.finished(task.job_id, np.zeros((1, int(task.duration * self.sample_rate)), np.float32))
+            pending = join(1) if join is not None else []
 
     def free_memory(self) -> None:
         pass

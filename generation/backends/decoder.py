@@ -12,8 +12,8 @@ What stays true whatever joins or leaves (tested bit for bit on a tiny model):
 * **A job's codes do not depend on when it joined or who it ran with.** Its rows see
   only its own keys/values; it samples from its own ``torch.Generator``.
 * **One row class.** Matmul kernels give a row different low bits depending on how many
-  rows share the call. Every decode step is padded with filler rows to at least
-  ``min_rows`` rows, chosen so that every step is in one class of the linear form in use.
+  rows share the call. Every decode step is padded with filler rows to a row count of the
+  class measured at load for the linear form in use (:mod:`generation.backends.precision`).
 * **Prefill runs alone.** A job's prefix (a melody model's conditions) and a
   continuation's prompt tokens run as the job's own forward passes, in chunks of at most
   ``prefill_chunk`` positions, one chunk between two decode steps, so running jobs keep
@@ -29,9 +29,10 @@ import torch
 from audiocraft.models.musicgen import MusicGen
 from audiocraft.modules.transformer import create_sin_embedding
 
-from generation.backends import attention, fast_linear
+from generation.backends import attention
 from generation.backends.attention import Segment, StepContext
 from generation.backends.base import BatchListener, GenerationTask, Join
+from generation.backends.precision import PrecisionPlan, apply_precision
 from generation.backends.sampling import sample_next_token
 from generation.backends.streams import UNKNOWN_TOKEN, Stream, StreamBuilder
 from generation.errors import is_out_of_memory
@@ -42,16 +43,16 @@ log = logging.getLogger(__name__)
 class BatchDecoder:
     """Runs jobs through ``model``'s LM with per-job state. Used on one thread at a time."""
 
-    def __init__(self, model: MusicGen, *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8) -> None:
+    def __init__(
+        self, model: MusicGen, *, precision: str = "auto", linear: str = "auto", prefill_chunk: int = 64,
+        max_jobs: int = 8,
+    ) -> None:
         self.model = model
         self.lm = model.lm
-        self.min_rows = max(1, min_rows)
         self.prefill_chunk = prefill_chunk
         self.max_jobs = max_jobs
         self.attention = attention.install(self.lm.transformer)
-        if next(iter(self.lm.parameters())).device.type == "cpu":  # the decode loop's layers only
-            fast_linear.install(self.lm.transformer)
-            fast_linear.install(self.lm.linears)
+        self.plan = _apply_precision(model, precision, linear)
         self.builder = StreamBuilder(model, self.attention)
         if self.lm.two_step_cfg:
             log.warning("two-step CFG is not supported by jamgen's decoder; using single-pass CFG")
@@ -134,7 +135,7 @@ class BatchDecoder:
         assert isinstance(x, torch.Tensor)
         positions = torch.tensor([stream.attention.position for stream in ready], device=x.device)
         positions = positions.repeat_interleave(2).unsqueeze(1)
-        fillers = self.min_rows - x.shape[0]
+        fillers = self.plan.linear.padded_rows(x.shape[0]) - x.shape[0]
         if fillers > 0:  # one row class whatever the number of jobs; fillers attend to nothing
             x = torch.cat([x, x.new_zeros(fillers, *x.shape[1:])])
             positions = torch.cat([positions, positions.new_zeros(fillers, 1)])
@@ -201,6 +202,19 @@ class BatchDecoder:
                     retry_later.append(stream)
                     return
                 listener.failed(stream.job_id, exc)
+
+
+def _apply_precision(model: MusicGen, precision: str, linear: str) -> PrecisionPlan:
+    """Rewrite the decode loop's linears for ``precision`` (:mod:`generation.backends.precision`)."""
+    from audiocraft.utils.autocast import TorchAutocast
+
+    lm = model.lm
+    device = str(next(iter(lm.parameters())).device)
+    on_cpu = device.startswith("cpu")
+    plan = apply_precision([lm.transformer, lm.linears] if on_cpu else [lm], precision, device, linear)
+    if not plan.autocast:  # fp32 on CUDA; on the CPU audiocraft's autocast is off already
+        model.autocast = TorchAutocast(enabled=False)
+    return plan
 
 
 def _free_accelerator_cache() -> None:
