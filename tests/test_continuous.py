@@ -69,6 +69,7 @@ def test_jobs_joining_mid_run_sound_exactly_as_alone(backend: MusicGenBackend, t
     jobs = first + [job for tasks in script.values() for job in tasks]
     assert set(listener.results) == {job.job_id for job in jobs}, listener.errors
     assert join.offered[:4] == [6, 5, 5, 5]  # 8 rows of jobs: 2 running, then 3, then 5 (d prefills meanwhile)
+    assert join.offered[31] == 2  # after g joined at 30: six jobs at once (a, b, d, e, f, g; c is done)
     for job in jobs:
         np.testing.assert_array_equal(listener.results[job.job_id], alone(backend, job), err_msg=job.job_id)
 
