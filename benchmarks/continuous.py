@@ -5,8 +5,9 @@
 
 24 requests on the musicgen-small architecture (random weights, CPU): 18 of 2 s and 6
 of 8 s, in an order shuffled by a fixed seed, arriving as a Poisson stream (fixed seed)
-whose rate keeps the static engine about 70% busy. The engine's capacity is measured
-first (8 requests of 2 s at once, static) and the arrival rate is set from it.
+whose rate keeps the static engine about 70% busy: the static engine's capacity for this
+mix is measured first (all 24 requests at once, in jobs per second) and the arrival rate is
+set to 70% of it.
 
 Each run serves the same stream twice, in fresh processes, with ``JAMGEN_BATCHING=static``
 (a batch is closed once it starts) and ``continuous`` (jobs join the running batch between
@@ -91,8 +92,8 @@ async def _warm(engine: Engine, model_dir: Path) -> None:
     await engine.submit(request(model_dir, Arrival(0.0, 1.0, "warm up", 0))).result()
 
 
-def capacity(model_dir: Path) -> float:
-    """Audio seconds per wall second of the static engine with 8 requests of 2 s at once (a fresh process)."""
+def capacity(model_dir: Path, arrivals: list[Arrival]) -> float:
+    """Jobs per second the static engine serves when the whole stream is there at once (a fresh process)."""
     warnings.filterwarnings("ignore")
     offline_tokenizer()
 
@@ -100,9 +101,9 @@ def capacity(model_dir: Path) -> float:
         async with Engine(settings(model_dir, "static")) as engine:
             await _warm(engine, model_dir)
             start = time.perf_counter()
-            jobs = [engine.submit(request(model_dir, Arrival(0.0, 2.0, PROMPTS[i % 4], i))) for i in range(MAX_BATCH)]
+            jobs = [engine.submit(request(model_dir, arrival)) for arrival in arrivals]
             await asyncio.gather(*(job.result() for job in jobs))
-            return MAX_BATCH * 2.0 / (time.perf_counter() - start)
+            return len(arrivals) / (time.perf_counter() - start)
 
     return asyncio.run(run())
 
@@ -149,10 +150,10 @@ def main() -> None:
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "model", scale=args.scale, tokenizer="whitespace")
-        cap = in_process(capacity, model_dir)
-        arrivals = stream(args.seed, rate=args.busy * cap / 3.5)  # 3.5 s: the stream's mean request
-        print(f"musicgen-{args.scale} architecture, random weights; static capacity {cap:.3f} audio-s/s "
-              f"(8 x 2 s at once); 24 requests over {arrivals[-1].at:.0f} s ({args.busy:.0%} busy)")
+        cap = in_process(capacity, model_dir, stream(args.seed, rate=1.0))
+        arrivals = stream(args.seed, rate=args.busy * cap)
+        print(f"musicgen-{args.scale} architecture, random weights; static capacity {cap:.3f} jobs/s "
+              f"(all 24 at once); 24 requests over {arrivals[-1].at:.0f} s ({args.busy:.0%} busy)")
         results: dict[str, list[Outcome]] = {"static": [], "continuous": []}
         for run in range(args.runs):
             order = ["static", "continuous"] if run % 2 == 0 else ["continuous", "static"]

@@ -248,8 +248,9 @@ def _refuse(reason: RateLimitReason, retry_after: float | None, message: str) ->
 class Throughput:
     """Generation speed in audio seconds per wall second, as an exponentially weighted average.
 
-    Each finished batch is one sample (``audio_seconds / wall_seconds``), weighted
-    ``alpha``; older samples fade by ``1 - alpha`` per batch. ``initial_rate`` is a
+    Each sample is the audio finished over a span of busy wall time (``audio_seconds /
+    wall_seconds``; the engine records one per second or so of generating, and at the end of
+    each decode loop), weighted ``alpha``; older samples fade by ``1 - alpha`` per sample. ``initial_rate`` is a
     placeholder shown until the first measurement, which replaces it outright (a guess
     should not linger in the average). Samples that are not positive and finite are
     ignored.
@@ -269,7 +270,7 @@ class Throughput:
         return self._rate
 
     def record(self, audio_seconds: float, wall_seconds: float) -> None:
-        """One finished batch: the total seconds of audio it generated, and the wall time it took."""
+        """One sample: the seconds of audio finished in a span of busy time, and the span's wall time."""
         valid = all(math.isfinite(value) and value > 0 for value in (audio_seconds, wall_seconds))
         if not valid:
             log.debug("ignoring throughput sample %r audio s in %r s", audio_seconds, wall_seconds)

@@ -69,8 +69,17 @@ def check_settings() -> Check:
         from generation.jobs import describe_validation_error
 
         return Check("settings", False, describe_validation_error(exc), "fix the value in .env (see .env.example)")
-    detail = f"model {settings.model}, device {settings.device}, max batch {settings.max_batch}"
-    return Check("settings", True, detail + f", max duration {settings.max_duration:g} s")
+    from generation.backends.musicgen import resolve_device
+    from generation.backends.precision import resolve_mode
+    from generation.errors import ModelLoadError
+
+    try:
+        precision = resolve_mode(settings.precision, resolve_device(settings.device))
+    except ModelLoadError as exc:
+        return Check("settings", False, str(exc), "set JAMGEN_PRECISION to one this device runs (see .env.example)")
+    detail = f"model {settings.model}, device {settings.device}, precision {precision}, {settings.batching} batching"
+    detail += f", max batch {settings.max_batch}, max duration {settings.max_duration:g} s"
+    return Check("settings", True, detail)
 
 
 def check_disk(probes: Probes = DEFAULT_PROBES) -> Check:
@@ -98,7 +107,9 @@ def check_model(model: str | None) -> Check:
 
     try:
         settings = EngineSettings()
-        backend = MusicGenBackend(model or settings.model, device=settings.device)
+        backend = MusicGenBackend(
+            model or settings.model, device=settings.device, precision=settings.precision, linear=settings.linear
+        )
         backend.load()
     except ModelLoadError as exc:
         return Check("model", False, str(exc), "set MUSICGEN_MODEL to a cached hub id or a local checkpoint directory")

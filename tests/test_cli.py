@@ -25,10 +25,10 @@ RUN_TIMEOUT_S = 280
 pytestmark = pytest.mark.timeout(900)
 
 
-def jamgen(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script offline, on the CPU, away from any stray .env or settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAMGEN_", "MUSICGEN_"))}
-    env.update(HF_HUB_OFFLINE="1", JAMGEN_DEVICE="cpu", PYTHONUNBUFFERED="1")
+def jamgen(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script offline, on the CPU, away from any stray .env or settings (``env`` added)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAMGEN_", "MUSICGEN_"))}
+    env = base | {"HF_HUB_OFFLINE": "1", "JAMGEN_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.run(
         [str(JAMGEN), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
@@ -181,3 +181,10 @@ def test_make_a_stereo_test_model_and_generate_two_channels(tmp_path: Path) -> N
               cwd=tmp_path))
     (wav,) = (tmp_path / "out").glob("*.wav")
     assert decode(wav.read_bytes()).channels == 2
+
+
+def test_doctor_refuses_a_precision_the_device_cannot_run(tmp_path: Path) -> None:
+    result = jamgen("doctor", "--skip-model", cwd=tmp_path, env={"JAMGEN_PRECISION": "fp16", "JAMGEN_DEVICE": "cpu"})
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("[FIX] settings: ")]
+    assert "fp16 does not run on cpu" in line and "fp32, bf16, int8" in line, line
