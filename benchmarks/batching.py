@@ -26,6 +26,7 @@ import asyncio
 import io
 import logging
 import multiprocessing
+import sys
 import tempfile
 import time
 import warnings
@@ -39,6 +40,9 @@ import numpy as np
 import torch
 from audiocraft.models import MusicGen
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.machine import describe_machine
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.jobs import JobRequest
 from generation.settings import EngineSettings
@@ -163,6 +167,7 @@ def main() -> None:
     audio = args.requests * args.seconds
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "musicgen-small-random", scale="small", tokenizer="whitespace")
+        print(describe_machine())
         print(f"musicgen-small architecture, random weights, CPU, {torch.get_num_threads()} threads")
         print(f"{args.requests} requests x {args.seconds:g} s of audio")
         # Each side runs in a fresh process (two torch thread pools in one process fight

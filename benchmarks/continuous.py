@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.batching import in_process, offline_tokenizer
 from benchmarks.common import nearest_rank
-from benchmarks.machine import describe
+from benchmarks.machine import describe_machine
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.jobs import JobRequest
 from generation.settings import EngineSettings
@@ -147,7 +147,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     offline_tokenizer()
-    print(describe())
+    print(describe_machine())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "model", scale=args.scale, tokenizer="whitespace")
         cap = in_process(capacity, model_dir, stream(args.seed, rate=1.0))

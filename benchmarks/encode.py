@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.machine import describe_machine
 from generation.encode import CODECS, EncodeOptions, encode
 from generation.jobs import OutputFormat
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--gen-seconds", type=float, default=2.0, help="audio per job to measure the rate")
     parser.add_argument("--gen-batch", type=int, default=8, help="jobs in the batch that measures the rate")
     args = parser.parse_args()
+    print(describe_machine())
     warnings.filterwarnings("ignore")
 
     rate = generation_rate(args.gen_seconds, args.gen_batch)

@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import DEFERRED, REPLIED, capture_log, latency_table, ms, nearest_rank, refusal_reasons, show_log
+from benchmarks.machine import describe_machine
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.events import JobState
 from tests.bot_harness import World, make_world, running_bot
@@ -362,6 +363,7 @@ def main() -> None:
                         help="asyncio debug mode during the burst: log (and list) callbacks slower than MS ms; "
                              "it slows the loop, so latencies are not comparable")
     args = parser.parse_args()
+    print(describe_machine())
     if args.seed_seconds is None:
         args.seed_seconds = 10 if args.scale == "small" else 30
 

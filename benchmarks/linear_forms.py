@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_model
 from generation.backends.precision import (
     Bf16Linear,
     Int8Linear,
@@ -55,19 +54,6 @@ SHAPES = {  # name: (out, in), count per decode step
 }
 ROWS = (2, 4, 12, 16)
 Compute = Callable[[torch.Tensor], torch.Tensor]
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> str:

@@ -17,7 +17,7 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def describe() -> str:
+def describe_machine() -> str:
     import torch
 
     return f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads"

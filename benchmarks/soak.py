@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import DEFERRED, REPLIED, capture_log, latency_table, ms, nearest_rank, refusal_reasons, show_log
+from benchmarks.machine import describe_machine
 from generation.backends.checkpoints import write_random_checkpoint
 from jamgen.stats import collect
 from tests.bot_harness import running_bot
@@ -495,6 +496,7 @@ def main() -> int:
     parser.add_argument("--progress", type=float, default=15.0, help="seconds between progress lines on stderr")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the schedule")
     args = parser.parse_args()
+    print(describe_machine())
     if not 1 <= args.min_seconds <= args.max_seconds:
         parser.error("need 1 <= --min-seconds <= --max-seconds")
 
