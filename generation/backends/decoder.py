@@ -29,7 +29,7 @@ import torch
 from audiocraft.models.musicgen import MusicGen
 from audiocraft.modules.transformer import create_sin_embedding
 
-from generation.backends import attention, fast_linear
+from generation.backends import attention, fast_linear, static_decoding
 from generation.backends.attention import Segment, StepContext
 from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.backends.sampling import sample_next_token
@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 class BatchDecoder:
     """Runs jobs through ``model``'s LM with per-job state. Used on one thread at a time."""
 
-    def __init__(self, model: MusicGen, *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8) -> None:
+    def __init__(
+        self, model: MusicGen, *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8,
+        cuda_graphs: bool = False,
+    ) -> None:
         self.model = model
         self.lm = model.lm
         self.min_rows = max(1, min_rows)
@@ -53,6 +56,9 @@ class BatchDecoder:
             fast_linear.install(self.lm.transformer)
             fast_linear.install(self.lm.linears)
         self.builder = StreamBuilder(model, self.attention)
+        self.static = static_decoding.for_decoder(
+            model, self.attention, enabled=cuda_graphs, max_jobs=max_jobs, min_rows=self.min_rows
+        )
         if self.lm.two_step_cfg:
             log.warning("two-step CFG is not supported by jamgen's decoder; using single-pass CFG")
 
@@ -128,6 +134,11 @@ class BatchDecoder:
         stream.attention.position += chunk.shape[1]
 
     def _step(self, ready: list[Stream]) -> None:
+        if self.static is not None:  # the CUDA fast path: one fixed-shape step for all rows
+            for stream, logits in zip(ready, self.static.step(ready), strict=True):
+                self._sample(stream, logits)
+                stream.attention.position += 1
+            return
         lm = self.lm
         columns = torch.cat([stream.input_column() for stream in ready]).repeat_interleave(2, dim=0)  # [2J, K, 1]
         x = sum(lm.emb[k](columns[:, k]) for k in range(lm.num_codebooks))

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,11 +47,14 @@ class MusicGenBackend:
     """An audiocraft MusicGen model behind the :class:`~generation.backends.base.Backend` protocol."""
 
     def __init__(
-        self, model_id: str, device: str = "auto", *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8
+        self, model_id: str, device: str = "auto", *, min_rows: int = 1, prefill_chunk: int = 64, max_jobs: int = 8,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model_id = resolve_model_id(model_id)
         self.device_name = device
-        self._decoder_options = {"min_rows": min_rows, "prefill_chunk": prefill_chunk, "max_jobs": max_jobs}
+        self._decoder_options: dict[str, Any] = {
+            "min_rows": min_rows, "prefill_chunk": prefill_chunk, "max_jobs": max_jobs, "cuda_graphs": cuda_graphs,
+        }
         self._model: MusicGen | None = None
         self._decoder: BatchDecoder | None = None
 
