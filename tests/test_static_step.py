@@ -23,6 +23,8 @@ from generation.backends.static_decoding import StaticDecoding, for_decoder
 from generation.backends.static_step import unsupported
 from generation.backends.streams import Stream
 from generation.jobs import SamplingParams
+from generation.settings import EngineSettings
+from generation.worker import Engine
 from tests.helpers import RecordingListener, tiny_backend
 from tests.test_continuation import tone_clip
 from tests.test_continuous import ScriptedJoin
@@ -333,3 +335,10 @@ def test_a_layer_that_normalises_last_is_refused(tiny_model_dir: Path) -> None:
     assert unsupported(lm) is None
     lm.transformer.layers[1].norm_first = False
     assert unsupported(lm) == "layers that normalise after attention (norm_first: false)"
+
+
+def test_the_engine_passes_the_setting_to_the_backend() -> None:
+    for enabled in (True, False):
+        backend = Engine(EngineSettings(cuda_graphs=enabled))._musicgen("facebook/musicgen-small")
+        assert isinstance(backend, MusicGenBackend)
+        assert backend._decoder_options["cuda_graphs"] is enabled
