@@ -404,7 +404,7 @@ class Engine:
         settings = self.settings
         return MusicGenBackend(
             model_id, device=settings.device, precision=settings.precision, linear=settings.linear,
-            prefill_chunk=settings.prefill_chunk, max_jobs=settings.max_batch,
+            prefill_chunk=settings.prefill_chunk, max_jobs=settings.max_batch, cuda_graphs=settings.cuda_graphs,
         )
 
     def _announce_positions(self) -> None:

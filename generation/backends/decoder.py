@@ -29,7 +29,7 @@ import torch
 from audiocraft.models.musicgen import MusicGen
 from audiocraft.modules.transformer import create_sin_embedding
 
-from generation.backends import attention
+from generation.backends import attention, static_decoding
 from generation.backends.attention import Segment, StepContext
 from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.backends.precision import PrecisionPlan, apply_precision
@@ -45,7 +45,7 @@ class BatchDecoder:
 
     def __init__(
         self, model: MusicGen, *, precision: str = "auto", linear: str = "auto", prefill_chunk: int = 64,
-        max_jobs: int = 8,
+        max_jobs: int = 8, cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.lm = model.lm
@@ -54,6 +54,9 @@ class BatchDecoder:
         self.attention = attention.install(self.lm.transformer)
         self.plan = _apply_precision(model, precision, linear)
         self.builder = StreamBuilder(model, self.attention)
+        self.static = static_decoding.for_decoder(
+            model, self.attention, enabled=cuda_graphs, max_jobs=max_jobs, min_rows=self.plan.linear.min_rows
+        )
         if self.lm.two_step_cfg:
             log.warning("two-step CFG is not supported by jamgen's decoder; using single-pass CFG")
 
@@ -129,6 +132,11 @@ class BatchDecoder:
         stream.attention.position += chunk.shape[1]
 
     def _step(self, ready: list[Stream]) -> None:
+        if self.static is not None:  # the CUDA fast path: one fixed-shape step for all rows
+            for stream, logits in zip(ready, self.static.step(ready), strict=True):
+                self._sample(stream, logits)
+                stream.attention.position += 1
+            return
         lm = self.lm
         columns = torch.cat([stream.input_column() for stream in ready]).repeat_interleave(2, dim=0)  # [2J, K, 1]
         x = sum(lm.emb[k](columns[:, k]) for k in range(lm.num_codebooks))

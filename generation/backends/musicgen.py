@@ -48,12 +48,13 @@ class MusicGenBackend:
 
     def __init__(
         self, model_id: str, device: str = "auto", *, precision: str = "auto", linear: str = "auto",
-        prefill_chunk: int = 64, max_jobs: int = 8,
+        prefill_chunk: int = 64, max_jobs: int = 8, cuda_graphs: bool = False,
     ) -> None:
         self.model_id = resolve_model_id(model_id)
         self.device_name = device
         self._decoder_options: dict[str, Any] = {
             "precision": precision, "linear": linear, "prefill_chunk": prefill_chunk, "max_jobs": max_jobs,
+            "cuda_graphs": cuda_graphs,
         }
         self._model: MusicGen | None = None
         self._decoder: BatchDecoder | None = None
