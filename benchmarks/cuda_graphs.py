@@ -74,7 +74,8 @@ def use_path(decoder: Any, path: str, max_jobs: int) -> None:
     torch.cuda.empty_cache()
     if path != "per-job":
         decoder.static = StaticDecoding(
-            decoder.model, decoder.attention, max_jobs=max_jobs, graphs=path == "graphed", min_rows=decoder.plan.linear.min_rows
+            decoder.model, decoder.attention, max_jobs=max_jobs, graphs=path == "graphed",
+            min_rows=decoder.plan.linear.min_rows,
         )
 
 
