@@ -286,6 +286,38 @@ class Throughput:
 Waits = dict[str, tuple[float, float]]  # job id -> (seconds until it starts, seconds until it is done)
 
 
+class ThroughputMeter:
+    """Feeds :class:`Throughput`: audio seconds finished per wall second while the worker is busy.
+
+    The worker calls :meth:`busy` when a decode loop starts, :meth:`finished` for each job it
+    finishes, and ``finished(0, final=True)`` when the loop ends. A sample is recorded once at
+    least ``MIN_SPAN`` seconds have passed since the last one (and at the end of each loop), so
+    that jobs that end together do not make one sample of an instant.
+    """
+
+    MIN_SPAN = 1.0
+
+    def __init__(self, throughput: Throughput, clock: Clock = time.monotonic) -> None:
+        self._throughput = throughput
+        self._clock = clock
+        self._since: float | None = None
+        self._audio = 0.0
+
+    def busy(self) -> None:
+        if self._since is None:
+            self._since, self._audio = self._clock(), 0.0
+
+    def finished(self, audio_seconds: float, final: bool = False) -> None:
+        if self._since is None:
+            return
+        self._audio += audio_seconds
+        now = self._clock()
+        span = now - self._since
+        if span >= self.MIN_SPAN or final:
+            self._throughput.record(self._audio, span)
+            self._since, self._audio = (None, 0.0) if final else (now, 0.0)
+
+
 def estimate_waits(
     queue: list[tuple[str, float]], *, running_remaining: float, rate: float | None, max_batch: int
 ) -> Waits | None:

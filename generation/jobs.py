@@ -164,24 +164,12 @@ class JobRequest(BaseModel):
     @field_validator("continue_from")
     @classmethod
     def _continue_from(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("is empty: give the path of the audio file to extend")
-        if not (info.context or {}).get("stored") and not Path(value).is_file():  # a record may outlive its clip
-            raise ValueError("the clip to extend no longer exists (it may have been cleaned up)")
-        return value
+        return _audio_input(value, info, "the audio file to extend", "the clip to extend")
 
     @field_validator("melody_from")
     @classmethod
     def _melody_from(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("is empty: give the path of the audio file with the melody")
-        if not (info.context or {}).get("stored") and not Path(value).is_file():
-            raise ValueError("the melody file no longer exists (it may have been cleaned up)")
-        return value
+        return _audio_input(value, info, "the audio file with the melody", "the melody file")
 
     @classmethod
     def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:
@@ -198,6 +186,17 @@ class JobRequest(BaseModel):
         """Jobs with equal keys may share one forward pass. Conditioning, sampling, length and audio inputs
         are per job (continuations and melodies included), so only the model counts."""
         return self.model
+
+
+def _audio_input(value: str | None, info: ValidationInfo, path_of: str, name: str) -> str | None:
+    """An audio file a job reads: a path to an existing file (a stored record may outlive it)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError(f"is empty: give the path of {path_of}")
+    if not (info.context or {}).get("stored") and not Path(value).is_file():
+        raise ValueError(f"{name} no longer exists (it may have been cleaned up)")
+    return value
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from generation.admission import Throughput
+from generation.admission import Throughput, ThroughputMeter
 from generation.backends.base import Backend, GenerationTask, Join
 from generation.encode import EncodeOptions, encode, normalize
 from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError, is_out_of_memory
@@ -144,38 +144,14 @@ class _Run:
     async def _take(self, free: int) -> list[GenerationTask]:
         engine = self._engine
         taken = [pending.handle for pending in engine._queue.take_ready(min(free, self._rows_free()), self.key)]
-        joined = [handle for handle in taken if not handle.done]
         if not taken:
             return []
+        joined = [handle for handle in taken if not handle.done]
         engine._start(joined)
         self.handles.extend(joined)
         engine._announce_positions()
         log.debug("%d job(s) joined the running batch", len(joined))
         return [engine._task(handle) for handle in joined]
-
-
-class _Meter:
-    """Feeds :class:`Throughput`: audio seconds finished per wall second while the worker is busy."""
-
-    MIN_SPAN = 1.0  # seconds: shorter spans are added to the next sample
-
-    def __init__(self, throughput: Throughput) -> None:
-        self._throughput = throughput
-        self._since: float | None = None
-        self._audio = 0.0
-
-    def busy(self) -> None:
-        if self._since is None:
-            self._since, self._audio = time.monotonic(), 0.0
-
-    def finished(self, audio_seconds: float, final: bool = False) -> None:
-        if self._since is None:
-            return
-        self._audio += audio_seconds
-        span = time.monotonic() - self._since
-        if span >= self.MIN_SPAN or final:
-            self._throughput.record(self._audio, span)
-            self._since, self._audio = (None, 0.0) if final else (time.monotonic(), 0.0)
 
 
 class Engine:
@@ -200,7 +176,7 @@ class Engine:
         self._encoders = ThreadPoolExecutor(self.settings.encode_threads, thread_name_prefix="jamgen-encode")
         self._closing = False
         self.throughput = Throughput()
-        self._meter = _Meter(self.throughput)
+        self._meter = ThroughputMeter(self.throughput)
         self.loop: asyncio.AbstractEventLoop
 
     # -- lifecycle ---------------------------------------------------------------------

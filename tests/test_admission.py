@@ -13,6 +13,7 @@ from generation.admission import (
     Admission,
     RateLimited,
     Throughput,
+    ThroughputMeter,
     UserLimits,
     estimate_waits,
     estimate_waits_continuous,
@@ -348,3 +349,24 @@ def test_with_one_row_continuous_and_static_batching_agree(queued: list[float], 
     assert continuous is not None and static is not None
     for job_id, _ in queue:
         assert continuous[job_id] == pytest.approx(static[job_id])
+
+
+def test_the_meter_samples_busy_time_at_least_a_second_long() -> None:
+    now = [0.0]
+    throughput = Throughput()
+    meter = ThroughputMeter(throughput, clock=lambda: now[0])
+    meter.finished(5.0)  # not busy: nothing to measure against
+    meter.busy()
+    now[0] = 0.5
+    meter.finished(2.0)  # half a second: kept for the next sample
+    assert throughput.rate is None
+    now[0] = 1.0
+    meter.finished(2.0)
+    assert throughput.rate == pytest.approx(4.0)  # 4 s of audio in 1 s
+    now[0] = 3.0
+    meter.finished(3.0, final=True)  # the loop ends: 3 s in 2 s
+    assert throughput.samples == 2
+    assert throughput.rate == pytest.approx(0.3 * 1.5 + 0.7 * 4.0)
+    now[0] = 10.0
+    meter.finished(1.0)  # idle since the loop ended: nothing recorded
+    assert throughput.samples == 2
