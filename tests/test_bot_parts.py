@@ -153,8 +153,7 @@ def test_model_option_names_only_served_models() -> None:
 
 def pipeline_with_jobs(tmp_path: Path, batching: str) -> Pipeline:
     """A pipeline over a stand-in engine: two rows; 4 audio-s per s in all, measured; two jobs running
-    (12 s and 20 s of audio, no progress yet: 3 s and 5 s left at the measured rate), one encoding
-    (off the rows) and three queued."""
+    (12 s and 20 s of audio, no progress yet), one encoding (off the rows) and three queued."""
     def job(job_id: str, state: JobState, duration: float) -> SimpleNamespace:
         return SimpleNamespace(id=job_id, state=state, request=SimpleNamespace(duration=duration), started_at=None)
 
@@ -168,13 +167,15 @@ def pipeline_with_jobs(tmp_path: Path, batching: str) -> Pipeline:
 
 
 def test_continuous_batching_etas_count_rows_freeing_one_by_one(tmp_path: Path) -> None:
-    # A row makes 2 audio-s per s. a takes the row freeing at 3 (done 3 + 10 / 2), b the one at 5
-    # (done 5 + 4 / 2); c takes b's, which frees first, at 7 (done 7 + 6 / 2).
+    # A row makes 2 audio-s per s, so the running jobs have 12 / 2 = 6 s and 20 / 2 = 10 s left.
+    # a takes the row freeing at 6 (done 6 + 10 / 2), b the one at 10 (done 10 + 4 / 2);
+    # c takes a's, which frees first, at 11 (done 11 + 6 / 2).
     waits = pipeline_with_jobs(tmp_path, "continuous").waits()
-    assert waits == {"a": (3.0, 8.0), "b": (5.0, 7.0), "c": (7.0, 10.0)}
+    assert waits == {"a": (6.0, 11.0), "b": (10.0, 12.0), "c": (11.0, 14.0)}
 
 
 def test_static_batching_etas_wait_for_whole_batches(tmp_path: Path) -> None:
-    # a and b wait for the running batch (5 s) and take (10 + 4) / 4 s together; c goes after them.
+    # At the batch's pace the running jobs have 12 / 4 = 3 s and 20 / 4 = 5 s left: a and b wait for the
+    # running batch (5 s) and take (10 + 4) / 4 s together; c goes after them.
     waits = pipeline_with_jobs(tmp_path, "static").waits()
     assert waits == {"a": (5.0, 8.5), "b": (5.0, 8.5), "c": (8.5, 10.0)}
