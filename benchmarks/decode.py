@@ -1,7 +1,7 @@
 """Decode speed and fidelity: stock audiocraft ``generate`` vs jamgen's decode loop in each CPU precision mode.
 
-    .venv/bin/python benchmarks/decode.py                     # ~10 minutes on 2 CPU cores (0.5 s of audio)
-    .venv/bin/python benchmarks/decode.py --seconds 2         # the goals' 2 s: ~30 minutes (fp32, int8)
+    .venv/bin/python benchmarks/decode.py                     # 2 s of audio: ~10 minutes on 2 quiet CPU cores
+    .venv/bin/python benchmarks/decode.py --seconds 0.5       # a quicker look
     .venv/bin/python benchmarks/decode.py --modes fp32,bf16,int8 --seconds 2   # and bf16: over an hour on AVX2
     .venv/bin/python benchmarks/decode.py --scale tiny --seconds 0.2           # does it run
 
@@ -293,7 +293,7 @@ def native_bf16() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["tiny", "small"], default="small")
-    parser.add_argument("--seconds", type=float, default=0.5, help="audio per prompt (default 0.5; the goals: 2)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="audio per prompt (default 2, as the goals)")
     parser.add_argument("--modes", help="jamgen's modes, comma-separated, of fp32,bf16,int8 (default: all three; "
                         "bf16 only where the CPU has native bf16)")
     parser.add_argument("--repeats", type=int, default=1, help="timed generates per side and batch size (default 1)")
