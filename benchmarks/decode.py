@@ -69,7 +69,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.batching import in_process, offline_tokenizer, prompts
-from benchmarks.machine import describe
+from benchmarks.machine import describe_machine
 from generation.backends.checkpoints import write_random_checkpoint
 
 T = TypeVar("T")
@@ -309,7 +309,7 @@ def main() -> None:
     if args.repeats < 1 or args.seconds <= 0:
         parser.error("--repeats must be >= 1 and --seconds > 0")
     _quiet()
-    print(describe())
+    print(describe_machine())
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = in_process(write_checkpoint, Path(tmp) / "model", args.scale)
