@@ -59,6 +59,7 @@ def _lm(overrides: dict[str, Any]) -> Any:
         ({"transformer_lm": {"causal": False}}, "non-causal self-attention (causal: false)"),
         ({"transformer_lm": {"past_context": 16}}, "last 16 steps (past_context)"),
         ({"transformer_lm": {"kv_repeat": 2}}, "grouped key/value heads (kv_repeat: 2)"),
+        ({"transformer_lm": {"qk_layer_norm": True}}, "layer-normed queries and keys in self-attention"),
         (
             {"transformer_lm": {"positional_embedding": "rope"}},
             "rotary position embeddings (positional_embedding: rope)",

@@ -47,6 +47,8 @@ def _attention_problem(kind: str, attention: StreamingMultiheadAttention) -> str
             f"grouped key/value heads (kv_repeat: {attention.kv_repeat}), which jamgen's decoder "
             "does not support; it needs kv_repeat: 1"
         )
+    if attention.qk_layer_norm:
+        return "layer-normed queries and keys in self-attention (qk_layer_norm: true), which jamgen's decoder skips"
     return None
 
 
