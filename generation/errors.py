@@ -44,3 +44,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     import torch  # not at import time: this module is imported by code that needs no torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_accelerator_cache() -> None:
+    """Give cached accelerator memory back after an out-of-memory error (nothing to do on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

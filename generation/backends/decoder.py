@@ -35,7 +35,7 @@ from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.backends.precision import PrecisionPlan, apply_precision
 from generation.backends.sampling import sample_next_token
 from generation.backends.streams import UNKNOWN_TOKEN, Stream, StreamBuilder
-from generation.errors import is_out_of_memory
+from generation.errors import free_accelerator_cache, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class BatchDecoder:
                     log.exception("decoding job %s failed", stream.job_id)
                     listener.failed(stream.job_id, exc)
                     return
-                _free_accelerator_cache()
+                free_accelerator_cache()
                 if attempt == 0:
                     log.warning("out of memory decoding job %s: freed the cache, retrying", stream.job_id)
                     continue
@@ -223,8 +223,3 @@ def _apply_precision(model: MusicGen, precision: str, linear: str) -> PrecisionP
     if not plan.autocast:  # fp32 on CUDA; on the CPU audiocraft's autocast is off already
         model.autocast = TorchAutocast(enabled=False)
     return plan
-
-
-def _free_accelerator_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

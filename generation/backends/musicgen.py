@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from generation.backends.base import BatchListener, GenerationTask, Join
-from generation.errors import ModelLoadError
+from generation.errors import ModelLoadError, free_accelerator_cache
 from generation.models import HUB_MODELS, resolve_model_id
 
 if TYPE_CHECKING:
@@ -97,8 +97,7 @@ class MusicGenBackend:
         self._require_decoder().run(tasks, listener, join)
 
     def free_memory(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_accelerator_cache()
 
     # -- helpers ---------------------------------------------------------------------------
     def _require(self) -> MusicGen:
