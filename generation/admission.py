@@ -34,7 +34,7 @@ T = TypeVar("T")
 # -- admission ------------------------------------------------------------------------------
 
 RateLimitReason = Literal["active", "rate", "queue_full"]
-_EPSILON = 1e-9  # seconds of float slack when comparing times
+TIME_EPSILON = 1e-9  # seconds of float slack when comparing times
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def format_wait(seconds: float) -> str:
         raise ValueError("seconds is NaN")
     if math.isinf(seconds):
         return "a very long time"
-    total = max(0, math.ceil(seconds - _EPSILON))
+    total = max(0, math.ceil(seconds - TIME_EPSILON))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     parts = [f"{value} {unit}" for value, unit in ((hours, "h"), (minutes, "min"), (secs, "s")) if value]
@@ -191,7 +191,7 @@ class Admission:
         if bucket is None:
             return
         bucket.full_at -= cost * bucket.seconds_per_token
-        if bucket.full_at <= self._clock() + _EPSILON:
+        if bucket.full_at <= self._clock() + TIME_EPSILON:
             del self._buckets[key]
 
     # -- internals ---------------------------------------------------------------------------
@@ -201,40 +201,58 @@ class Admission:
         return max(0.0, bucket.full_at - now) if bucket is not None else 0.0
 
     def _prune(self, now: float) -> None:
-        full = [key for key, bucket in self._buckets.items() if bucket.full_at <= now + _EPSILON]
+        full = [key for key, bucket in self._buckets.items() if bucket.full_at <= now + TIME_EPSILON]
         for key in full:
             del self._buckets[key]
 
     @staticmethod
     def _check_active(limits: UserLimits, active: int, cost: int) -> None:
-        if active + cost <= limits.max_active:
-            return
-        if cost > limits.max_active:
-            message = f"You can have at most {_plural(limits.max_active, 'job')} at a time; this asks for {cost}."
-        else:
-            when = _when_jobs_finish(active + cost - limits.max_active, active)
-            message = (
-                f"You already have {_plural(active, 'job')} in progress (the limit is {limits.max_active}); "
-                f"try again {when}."
-            )
-        raise _refuse("active", None, message)
+        if active + cost > limits.max_active:
+            raise active_refusal(limits, active, cost)
 
     @staticmethod
     def _check_rate(limits: UserLimits, debt: float, cost: int) -> None:
-        allowance = f"You can start {_plural(limits.rate_count, 'job')} every {format_wait(limits.rate_window)}"
         if cost > limits.rate_count:
-            raise _refuse("rate", None, f"{allowance}, and this asks for {cost}.")
+            raise rate_refusal(limits, None, cost)
         wait = debt - limits.seconds_for(limits.rate_count - cost)
-        if wait > _EPSILON:
-            raise _refuse("rate", wait, f"{allowance}; try again in {format_wait(wait)}.")
+        if wait > TIME_EPSILON:
+            raise rate_refusal(limits, wait, cost)
 
     @staticmethod
     def _check_queue(limits: UserLimits, queued_total: int, cost: int, retry_after: float | None) -> None:
-        if queued_total + cost <= limits.queue_cap:
-            return
-        when = f"in {format_wait(retry_after)}" if retry_after is not None else "once some of them have started"
-        message = f"The queue is full ({queued_total} of {limits.queue_cap} places taken); try again {when}."
-        raise _refuse("queue_full", retry_after, message)
+        if queued_total + cost > limits.queue_cap:
+            raise queue_refusal(limits, queued_total, cost, retry_after)
+
+
+# The refusals, shared with every place that applies these limits (the Redis queue too).
+
+
+def active_refusal(limits: UserLimits, active: int, cost: int) -> RateLimited:
+    """``active + cost > max_active``: the user has too many jobs queued or running."""
+    if cost > limits.max_active:
+        message = f"You can have at most {_plural(limits.max_active, 'job')} at a time; this asks for {cost}."
+    else:
+        when = _when_jobs_finish(active + cost - limits.max_active, active)
+        message = (
+            f"You already have {_plural(active, 'job')} in progress (the limit is {limits.max_active}); "
+            f"try again {when}."
+        )
+    return _refuse("active", None, message)
+
+
+def rate_refusal(limits: UserLimits, wait: float | None, cost: int) -> RateLimited:
+    """Too few tokens: ``wait`` seconds until there are enough, or ``None`` when ``cost > rate_count``."""
+    allowance = f"You can start {_plural(limits.rate_count, 'job')} every {format_wait(limits.rate_window)}"
+    if wait is None:
+        return _refuse("rate", None, f"{allowance}, and this asks for {cost}.")
+    return _refuse("rate", wait, f"{allowance}; try again in {format_wait(wait)}.")
+
+
+def queue_refusal(limits: UserLimits, queued_total: int, cost: int, retry_after: float | None) -> RateLimited:
+    """``queued_total + cost > queue_cap``; ``retry_after`` is the caller's estimate of when there is room."""
+    when = f"in {format_wait(retry_after)}" if retry_after is not None else "once some of them have started"
+    message = f"The queue is full ({queued_total} of {limits.queue_cap} places taken); try again {when}."
+    return _refuse("queue_full", retry_after, message)
 
 
 def _refuse(reason: RateLimitReason, retry_after: float | None, message: str) -> RateLimited:
