@@ -10,8 +10,9 @@ extras="${1:-}"
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # FFmpeg and its headers: PyAV 11 (an audiocraft dependency) has no wheel for Python 3.11 and builds from source.
+# redis-server: the tests start a private one (never the system service); also a local server for REDIS_URL.
 apt_packages=(ffmpeg libavformat-dev libavcodec-dev libavdevice-dev libavutil-dev libavfilter-dev
-              libswscale-dev libswresample-dev pkg-config gcc)
+              libswscale-dev libswresample-dev pkg-config gcc redis-server)
 
 pick_python() {
   for candidate in "${PYTHON:-}" python3.11 python3; do
