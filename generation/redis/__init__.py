@@ -1,0 +1,45 @@
+"""The job queue and the per-user limits in Redis, for ``REDIS_URL`` (issue 10).
+
+Bots admit jobs; ``jamgen worker`` processes, one model each, take them fairly, report progress
+and results, and heartbeat what they hold; a reaper puts back the jobs of workers that died.
+Every step that touches more than one key is one Lua script (``lua/``), run atomically.
+Nothing here knows about Discord. :class:`RedisJobs` is the API.
+
+Key layout, under a prefix (default ``jamgen:``; ``{model}`` is the model id percent-encoded,
+``{member}`` an owner as ``u:<owner>``, or ``anon`` for jobs without one):
+
+==========================  =======  ===========================================================
+key                         type     what
+==========================  =======  ===========================================================
+``job:{id}``                hash     ``request`` (JobRequest JSON), ``model``, ``mtag``, ``member``,
+                                     ``akey`` (admission key), ``state`` (queued, running, done,
+                                     failed, cancelled), ``attempt`` (1 on the first run),
+                                     ``created``/``started``/``ended`` (server time, s),
+                                     ``worker`` and ``entry`` while running, ``alone``,
+                                     ``reason``, ``progress_done``/``progress_total``/``progress_at``.
+                                     Kept ``keep_seconds`` once the job ends.
+``lane:{model}:{member}``   list     one owner's waiting jobs of one model, first to start first
+``ready:{model}``           zset     owners with waiting jobs of the model: the rotation, scored by
+                                     ``seq`` (lowest goes next; a served owner is re-scored to the back)
+``seq``                     string   the rotation's counter (INCR)
+``queued``                  string   waiting jobs, all models (what the queue cap counts)
+``active:{key}``            string   a user's jobs queued or running (max_active); gone at 0
+``rate:{key}``              string   the user's GCRA time (when their bucket is full again); expires then
+``run``                     stream   one entry per run of a job (``job``); group ``workers``: the
+                                     entry sits in the holding worker's pending list until settled
+``events``                  stream   ``job``, ``kind`` (finished, failed, cancelled), ``reason``
+``dead``                    stream   dead-lettered jobs: ``job``, ``attempts``, ``worker``, ``reason``
+``result:{id}``             string   a finished job's encoded audio, for ``keep_seconds``
+``progress:{id}``           channel  progress snapshots as JSON (``job``, ``attempt``, ``done``,
+                                     ``total``): pub/sub, lossy; the hash keeps the latest
+==========================  =======  ===========================================================
+
+The scripts build key names from the prefix, so this needs one Redis (not Redis Cluster).
+"""
+
+from generation.redis.jobs import RedisJobs
+from generation.redis.keys import DEFAULT_PREFIX, Keys
+from generation.redis.limits import DuplicateJob
+from generation.redis.records import Event, JobRecord, Lease, Reclaimed
+
+__all__ = ["DEFAULT_PREFIX", "DuplicateJob", "Event", "JobRecord", "Keys", "Lease", "Reclaimed", "RedisJobs"]

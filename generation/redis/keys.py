@@ -1,0 +1,82 @@
+"""Key names under a prefix, and how owners and models become parts of them.
+
+The Lua scripts build the same names from the prefix (``lua/common.lua``); the two must agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+DEFAULT_PREFIX = "jamgen:"
+GROUP = "workers"  # the consumer group on the run stream
+ANONYMOUS = "anon"  # the rotation member of jobs without an owner: they share one lane
+_NAMED = "u:"
+
+
+def owner_member(owner: str | None) -> str:
+    """The rotation member (and lane name part) of ``owner``: ``u:<owner>``, or ``anon`` for ``None``."""
+    return ANONYMOUS if owner is None else _NAMED + owner
+
+
+def member_owner(member: str) -> str | None:
+    """The inverse of :func:`owner_member`."""
+    if member == ANONYMOUS:
+        return None
+    if not member.startswith(_NAMED):
+        raise ValueError(f"not an owner member: {member!r}")
+    return member[len(_NAMED) :]
+
+
+def model_tag(model: str) -> str:
+    """``model`` as a key part: percent-encoded, so it holds no ``:`` and a lane name splits one way only."""
+    return quote(model, safe="")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key and channel name, under ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def run(self) -> str:
+        return self.prefix + "run"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "events"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "dead"
+
+    @property
+    def queued(self) -> str:
+        return self.prefix + "queued"
+
+    @property
+    def seq(self) -> str:
+        return self.prefix + "seq"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}result:{job_id}"
+
+    def ready(self, model: str) -> str:
+        return f"{self.prefix}ready:{model_tag(model)}"
+
+    def lane(self, model: str, owner: str | None) -> str:
+        return f"{self.prefix}lane:{model_tag(model)}:{owner_member(owner)}"
+
+    def active(self, key: str) -> str:
+        return f"{self.prefix}active:{key}"
+
+    def rate(self, key: str) -> str:
+        return f"{self.prefix}rate:{key}"
+
+    def progress(self, job_id: str) -> str:
+        """The pub/sub channel of one job's progress (``progress:*`` for every job's)."""
+        return f"{self.prefix}progress:{job_id}"

@@ -1,0 +1,81 @@
+"""The admit script's arguments and answer: per-user limits and the queue cap, applied in Redis.
+
+The checks themselves run in ``lua/admit.lua`` (atomically with the enqueue); a refusal is
+turned into the same :class:`~generation.admission.RateLimited`, with the same words, as the
+in-process :class:`~generation.admission.Admission` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from generation.admission import (
+    TIME_EPSILON,
+    RateLimited,
+    UserLimits,
+    active_refusal,
+    queue_refusal,
+    rate_refusal,
+)
+from generation.jobs import JobRequest
+from generation.redis.keys import model_tag, owner_member
+from generation.redis.records import text, texts
+from generation.redis.scripts import Arg
+
+
+class DuplicateJob(ValueError):
+    """A job id that is already in use."""
+
+
+@dataclass(frozen=True)
+class Admit:
+    """One call of the admit script: ``requests`` (one owner's) under ids ``job_ids``."""
+
+    job_ids: Sequence[str]
+    requests: Sequence[JobRequest]
+    limits: UserLimits
+    key: str
+    exempt: bool = False
+    queue_retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.requests:
+            raise ValueError("nothing to admit")
+        if len(self.job_ids) != len(self.requests) or len(set(self.job_ids)) != len(self.job_ids):
+            raise ValueError("give one distinct job id per request")
+        if len({request.owner for request in self.requests}) != 1:
+            raise ValueError("the requests of one admission must have one owner")
+
+    @property
+    def cost(self) -> int:
+        return len(self.requests)
+
+    def args(self) -> list[Arg]:
+        limits = self.limits
+        args: list[Arg] = [
+            self.key, int(self.exempt), limits.max_active, limits.rate_count, repr(limits.rate_window),
+            limits.queue_cap, repr(TIME_EPSILON), self.cost,
+        ]
+        for job_id, request in zip(self.job_ids, self.requests, strict=True):
+            args += [job_id, request.model, model_tag(request.model), owner_member(request.owner),
+                     request.model_dump_json()]
+        return args
+
+    def check(self, reply: Sequence[bytes]) -> None:
+        """Raise what the script's answer means, if it is a refusal."""
+        verdict, *rest = texts(reply)
+        if verdict == "ok":
+            return
+        raise self.refusal(verdict, rest[0] if rest else "")
+
+    def refusal(self, verdict: str, value: str) -> RateLimited | DuplicateJob:
+        if verdict == "active":
+            return active_refusal(self.limits, int(value), self.cost)
+        if verdict == "rate":
+            return rate_refusal(self.limits, float(value) if value else None, self.cost)
+        if verdict == "queue_full":
+            return queue_refusal(self.limits, int(value), self.cost, self.queue_retry_after)
+        if verdict == "duplicate":
+            return DuplicateJob(f"job {value} already exists")
+        raise RuntimeError(f"unexpected answer from the admit script: {verdict!r} {text(value)!r}")
