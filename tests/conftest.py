@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from generation.backends.checkpoints import write_random_checkpoint
+from generation.redis import RedisJobs
 from tests.bot_harness import World, make_world
 from tests.fakes.discord import FakeDiscord
+from tests.redis_server import RedisServer, RedisServerMissing
 
 warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
 
@@ -93,3 +96,34 @@ async def world() -> AsyncIterator[World]:
     async with FakeDiscord() as fake:
         yield make_world(fake)
         assert fake.validation_errors == [], "the bot sent requests Discord's OpenAPI description refuses"
+
+
+# -- Redis: one private server per test session, emptied before each test ---------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private ``redis-server`` (127.0.0.1, a free port, AOF on), stopped by its pid at the end."""
+    try:
+        server = RedisServer.launch(tmp_path_factory.mktemp("redis"))
+    except RedisServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the private server, which is emptied (FLUSHALL) first: every test starts clean."""
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_jobs(redis_client: Redis) -> RedisJobs:
+    """:class:`RedisJobs` on the emptied server, set up, with the default two attempts."""
+    jobs = RedisJobs(redis_client)
+    await jobs.setup()
+    return jobs
