@@ -20,7 +20,8 @@ key                         type     what
                                      Kept ``keep_seconds`` once the job ends.
 ``lane:{model}:{member}``   list     one owner's waiting jobs of one model, first to start first
 ``ready:{model}``           zset     owners with waiting jobs of the model: the rotation, scored by
-                                     ``seq`` (lowest goes next; a served owner is re-scored to the back)
+                                     ``seq`` (lowest goes next; a served owner is re-scored to the back;
+                                     the owner of a job put back, to the front)
 ``seq``                     string   the rotation's counter (INCR)
 ``queued``                  string   waiting jobs, all models (what the queue cap counts)
 ``active:{key}``            string   a user's jobs queued or running (max_active); gone at 0

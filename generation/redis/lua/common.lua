@@ -33,20 +33,20 @@ local function to_back(mtag, member)
   redis.call('ZADD', ready_key(mtag), redis.call('INCR', SEQ), member)
 end
 
--- an owner into the rotation ahead of everyone, unless it is there already (then it keeps its place)
-local function join_front(mtag, member)
+-- an owner to the front of its model's rotation (ahead of everyone, whether it was in it or not)
+local function to_front(mtag, member)
   local ready = ready_key(mtag)
-  if redis.call('ZSCORE', ready, member) then return end
   local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
   local score = head[2] and (tonumber(head[2]) - 1) or redis.call('INCR', SEQ)
   redis.call('ZADD', ready, score, member)
 end
 
--- a started job back at the front of its owner's lane, waiting again
+-- a started job back where it started: the front of its owner's lane, its owner at the front of
+-- the rotation (it had its turn already), waiting again
 local function requeue_front(job, id)
   local f = redis.call('HMGET', job, 'mtag', 'member')
   redis.call('LPUSH', lane_key(f[1], f[2]), id)
-  join_front(f[1], f[2])
+  to_front(f[1], f[2])
   redis.call('HSET', job, 'state', 'queued')
   redis.call('HDEL', job, 'worker', 'entry')
   redis.call('INCR', QUEUED)

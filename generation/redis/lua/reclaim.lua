@@ -2,8 +2,8 @@
 -- ARGV[4] reaper (a consumer name), [5] min idle (ms), [6] attempts (JAMGEN_JOB_ATTEMPTS),
 -- [7] forget consumers with nothing pending that are idle this long (ms; negative: never).
 -- Every entry idle at least min idle is claimed (XAUTOCLAIM) and settled; its job, if that entry
--- is still its current run, goes back to the front of its owner's lane (owner into the rotation)
--- with attempt + 1. The last attempt (attempt == attempts, with attempts > 1) is marked `alone`;
+-- is still its current run, goes back to the front of its owner's lane, its owner to the front of
+-- the rotation, with attempt + 1. The last attempt (attempt == attempts, with attempts > 1) is marked `alone`;
 -- past it the job is dead-lettered: failed, on the dead stream, with a failed event.
 -- Entries are handled newest first, so that jobs put back keep the order they were taken in.
 -- A consumer is forgotten only with nothing pending. Answers {requeued, alone, dead, forgotten}.
