@@ -1,4 +1,4 @@
-"""The ``jamgen`` command: run (the Discord bot), generate, doctor, stats, make-test-model."""
+"""The ``jamgen`` command: run (the Discord bot), worker, generate, doctor, stats, make-test-model."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the Discord bot until SIGINT/SIGTERM (settings from .env)")
     run.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default .env)")
+
+    commands.add_parser(
+        "worker", help="take jobs from Redis (REDIS_URL) and generate them on this host, until SIGINT/SIGTERM"
+    )
 
     gen = commands.add_parser("generate", help="render prompts to audio files, in one batch")
     gen.add_argument("prompts", nargs="+", help="one or more text prompts")
@@ -82,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jamgen.generate import run_generate
 
             return asyncio.run(run_generate(args))
+        if args.command == "worker":
+            from generation.redis.settings import RedisSettings
+            from generation.settings import EngineSettings
+            from jamgen.worker import run_worker
+
+            logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+            return asyncio.run(run_worker(EngineSettings(), RedisSettings()))
         if args.command == "stats":
             from generation.settings import EngineSettings
             from jamgen.stats import run_stats

@@ -74,6 +74,10 @@ class Keys:
     def active(self, key: str) -> str:
         return f"{self.prefix}active:{key}"
 
+    def wake(self, model: str) -> str:
+        """The pub/sub channel told when jobs of ``model`` are queued (workers with free rows listen)."""
+        return f"{self.prefix}wake:{model_tag(model)}"
+
     def rate(self, key: str) -> str:
         return f"{self.prefix}rate:{key}"
 

@@ -49,4 +49,5 @@ for _, job in ipairs(jobs) do
   redis.call('RPUSH', lane_key(job.mtag, job.member), job.id)
   if not redis.call('ZSCORE', ready_key(job.mtag), job.member) then to_back(job.mtag, job.member) end
 end
+for _, job in ipairs(jobs) do wake(job.mtag) end
 return {'ok'}

@@ -41,6 +41,11 @@ local function to_front(mtag, member)
   redis.call('ZADD', ready, score, member)
 end
 
+-- tell the workers listening that jobs of a model are waiting (pub/sub: lossy; workers also poll)
+local function wake(mtag)
+  redis.call('PUBLISH', P .. 'wake:' .. mtag, 1)
+end
+
 -- a started job back where it started: the front of its owner's lane, its owner at the front of
 -- the rotation (it had its turn already), waiting again
 local function requeue_front(job, id)
@@ -50,6 +55,7 @@ local function requeue_front(job, id)
   redis.call('HSET', job, 'state', 'queued')
   redis.call('HDEL', job, 'worker', 'entry')
   redis.call('INCR', QUEUED)
+  wake(f[1])
 end
 
 -- a run stream entry is done with: out of the pending list and the stream

@@ -1,0 +1,275 @@
+"""``jamgen worker``: one GPU host's engine, fed from the Redis queue.
+
+The worker keeps a model loaded in an in-process :class:`~generation.worker.Engine` and its
+rows busy. Whenever the engine has free rows it takes that many jobs of its model from Redis
+(in fair order; each now sits in this worker's pending list) and submits them; with
+continuous batching a running batch picks them up at its next step. It follows every job and
+settles it in Redis: the result, a failure, or (at shutdown) a release. Everything it reports
+is fenced on its lease, so a worker that lost a job publishes nothing for it.
+
+Beside the feed, three loops: heartbeats of the jobs it holds (a job whose lease is gone is
+cancelled here), the reaper that puts back the jobs of workers that stopped heart-beating,
+and a listener that wakes the feed when jobs are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress
+from generation.redis.jobs import RedisJobs
+from generation.redis.records import Lease
+from generation.redis.results import pack
+from generation.worker import Engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerTimings:
+    """Seconds. ``reclaim_after`` must be several heartbeats: it is how long a job may go unbeaten."""
+
+    heartbeat: float = 5.0
+    reclaim_after: float = 30.0
+    reap_every: float = 5.0
+    poll: float = 1.0  # the longest wait between takes while rows are free (should a wake-up be lost)
+    retry: float = 0.5  # the first wait after a Redis error; doubles up to ``heartbeat``
+    grace: float = 120.0  # at shutdown, how long running jobs may finish before they are given back
+
+    def __post_init__(self) -> None:
+        if self.reclaim_after < 3 * self.heartbeat:
+            raise ValueError("reclaim_after must be at least three heartbeats")
+
+
+def worker_name() -> str:
+    """A consumer name unique to this process: host, pid and a random tag."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RedisWorker:
+    """Feed ``engine`` from ``jobs`` for ``engine.settings.model`` until :meth:`stop`."""
+
+    def __init__(self, jobs: RedisJobs, engine: Engine, *, name: str | None = None,
+                 timings: WorkerTimings | None = None) -> None:
+        self.jobs = jobs
+        self.engine = engine
+        self.name = name or worker_name()
+        self.timings = timings or WorkerTimings()
+        self.model = engine.settings.model
+        self._held: dict[str, Lease] = {}  # run entry -> lease, from the take until it is settled
+        self._rows: set[str] = set()  # entries of held jobs waiting in the engine or generating
+        self._lost: set[str] = set()  # entries whose lease is gone: settled by nobody here
+        self._followers: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.taking = True  # False while Redis is unreachable
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Take nothing more; running jobs finish (within ``grace``), the rest is given back."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def held(self) -> list[str]:
+        """The ids of the jobs this worker holds."""
+        return [lease.job_id for lease in self._held.values()]
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; returns once every held job is settled."""
+        await _retrying(self.jobs.setup, self.timings.retry, self.timings.heartbeat, self._stopping)
+        log.info("worker %s serving %s with %d rows", self.name, self.model, self.engine.settings.max_batch)
+        beside = [
+            asyncio.create_task(self._every(self.timings.heartbeat, self._beat), name="jamgen-heartbeat"),
+            asyncio.create_task(self._every(self.timings.reap_every, self._reap), name="jamgen-reaper"),
+            asyncio.create_task(self._listen(), name="jamgen-wake"),
+        ]
+        try:
+            await self._feed()
+            await self._drain()
+        finally:
+            for task in beside:
+                task.cancel()
+            await asyncio.gather(*beside, return_exceptions=True)
+            await self._give_back(list(self._held.values()))
+        log.info("worker %s stopped", self.name)
+
+    # -- the feed ----------------------------------------------------------------------------
+    def free_rows(self) -> int:
+        return self.engine.settings.max_batch - len(self._rows)
+
+    async def _feed(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            if self.free_rows() > 0 and await self._take() > 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.timings.poll)
+
+    async def _take(self) -> int:
+        try:
+            leases = await self.jobs.take(self.name, self.model, self.free_rows())
+        except RedisError as exc:
+            self._unreachable(exc)
+            return 0
+        self.taking = True
+        for lease in leases:
+            self._start(lease)
+        return len(leases)
+
+    def _start(self, lease: Lease) -> None:
+        for stale in [held for held in self._held.values() if held.job_id == lease.job_id]:
+            self._lose(stale)  # Redis gave the job out again: the old run here lost it
+        self._held[lease.entry] = lease
+        self._rows.add(lease.entry)
+        try:
+            handle = self.engine.submit(lease.request(), job_id=lease.entry)  # one engine job per run
+        except Exception as exc:  # a request this worker cannot run: the job's own fault
+            log.warning("job %s refused by the engine: %s", lease.job_id, exc)
+            self._spawn(self._settle(lease, partial(self.jobs.fail, lease, str(exc))), lease.job_id)
+            return
+        self._spawn(self._follow(lease, handle), lease.job_id)
+
+    def _spawn(self, work: Awaitable[None], job_id: str) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run(), name=f"jamgen-follow-{job_id}")
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+
+    async def _follow(self, lease: Lease, handle: JobHandle) -> None:
+        """Report one job's events to Redis; settle it when it ends."""
+        async for event in handle.events():
+            if isinstance(event, Progress):
+                await self._quietly(self.jobs.progress(lease, event.done, event.total))
+            elif isinstance(event, Encoding):
+                self._free(lease.entry)
+            elif isinstance(event, Finished):
+                await self._settle(lease, partial(self.jobs.complete, lease, pack(event.audio)))
+            elif isinstance(event, Failed):
+                await self._settle(lease, partial(self.jobs.fail, lease, event.reason))
+            elif isinstance(event, Cancelled):
+                if lease.entry in self._lost:
+                    self._forget(lease.entry)
+                else:
+                    await self._settle(lease, partial(self.jobs.release, [lease]))
+
+    async def _settle(self, lease: Lease, report: Callable[[], Awaitable[object]]) -> None:
+        """Report a job's end, retrying while Redis is away (a fenced report is safe to repeat)."""
+        try:
+            await _retrying(report, self.timings.retry, self.timings.heartbeat, None)
+        finally:
+            self._forget(lease.entry)
+
+    def _free(self, entry: str) -> None:
+        self._rows.discard(entry)
+        self._wake.set()
+
+    def _forget(self, entry: str) -> None:
+        self._free(entry)
+        self._held.pop(entry, None)
+        self._lost.discard(entry)
+
+    def _lose(self, lease: Lease) -> None:
+        """The lease is gone (reclaimed): stop the job here and report nothing for it."""
+        self._lost.add(lease.entry)
+        if not self.engine.cancel(lease.entry, "This job was given to another worker."):
+            self._forget(lease.entry)
+
+    # -- beside the feed ---------------------------------------------------------------------
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except RedisError as exc:
+                self._unreachable(exc)
+
+    async def _beat(self) -> None:
+        leases = list(self._held.values())
+        if not leases:
+            return
+        lost = await self.jobs.heartbeat(leases)
+        for lease in leases:
+            if lease.job_id in lost and lease.entry in self._held:
+                self._lose(lease)
+
+    async def _reap(self) -> None:
+        await self.jobs.reclaim(self.name, self.timings.reclaim_after)
+
+    async def _listen(self) -> None:
+        """Wake the feed when jobs of this model are queued (lossy: the feed also polls)."""
+        while True:
+            try:
+                async with self.jobs.client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.jobs.keys.wake(self.model))
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except RedisError as exc:
+                self._unreachable(exc)
+                await asyncio.sleep(self.timings.heartbeat)
+
+    def _unreachable(self, exc: RedisError) -> None:
+        if self.taking:
+            log.warning("Redis is unreachable (%s): taking no new jobs until it is back", exc)
+        self.taking = False
+
+    # -- shutdown ----------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Give back jobs that have not started; let running ones finish within ``grace``."""
+        queued = set(self.engine.positions())
+        waiting = [lease for lease in self._held.values() if lease.entry in queued]
+        for lease in waiting:
+            self._lost.add(lease.entry)  # given back here, not by its follower
+            self.engine.cancel(lease.entry, "The worker is stopping.")
+        await self._give_back(waiting)
+        if self._followers:
+            _, late = await asyncio.wait(set(self._followers), timeout=self.timings.grace)
+            for entry in list(self._rows):
+                self.engine.cancel(entry, "The worker is stopping.")
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        if not leases:
+            return
+        with contextlib.suppress(RedisError):
+            await self.jobs.release(leases)
+        for lease in leases:
+            self._forget(lease.entry)
+
+    async def _quietly(self, report: Awaitable[object]) -> None:
+        """Progress is latest-wins and lossy: a snapshot Redis missed is not retried."""
+        try:
+            await report
+        except RedisError as exc:
+            self._unreachable(exc)
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], first: float, longest: float,
+                    stop: asyncio.Event | None) -> T:
+    """``call()`` until Redis answers, waiting ``first`` seconds, doubling up to ``longest``."""
+    wait = first
+    while True:
+        try:
+            return await call()
+        except RedisError as exc:
+            if stop is not None and stop.is_set():
+                raise
+            log.warning("Redis is unreachable (%s): trying again in %.1f s", exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)

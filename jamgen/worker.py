@@ -1,0 +1,42 @@
+"""``jamgen worker``: serve the Redis queue from this host's GPU (or CPU) until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from generation.errors import GenerationError
+from generation.redis import RedisJobs
+from generation.redis.settings import RedisSettings
+from generation.redis.worker import RedisWorker, WorkerTimings
+from generation.settings import EngineSettings
+from generation.worker import Engine
+
+log = logging.getLogger("jamgen")
+
+
+class NoRedis(GenerationError):
+    """``jamgen worker`` without ``REDIS_URL``."""
+
+
+async def run_worker(engine_settings: EngineSettings, redis_settings: RedisSettings) -> int:
+    if redis_settings.url is None:
+        raise NoRedis("jamgen worker takes jobs from Redis: set REDIS_URL (see README, \"Scaling out\").")
+    jobs = RedisJobs.from_url(
+        redis_settings.url.get_secret_value(), prefix=redis_settings.prefix,
+        attempts=engine_settings.job_attempts, keep_seconds=redis_settings.keep_seconds,
+    )
+    timings = WorkerTimings(heartbeat=redis_settings.heartbeat, reclaim_after=redis_settings.reclaim_after)
+    try:
+        async with Engine(engine_settings) as engine:
+            log.info("loading %s", engine_settings.model)
+            await engine.warm_up()
+            worker = RedisWorker(jobs, engine, timings=timings)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, worker.stop)
+            await worker.run()
+    finally:
+        await jobs.aclose()
+    return 0

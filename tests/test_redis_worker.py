@@ -1,0 +1,135 @@
+"""The Redis worker on the tiny model against a real (private) redis-server: take, batch, settle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from generation.admission import UserLimits
+from generation.backends.base import Backend
+from generation.jobs import JobRequest, OutputFormat
+from generation.redis import RedisJobs
+from generation.redis.results import unpack
+from generation.redis.worker import RedisWorker, WorkerTimings
+from generation.settings import EngineSettings
+from generation.worker import Engine
+from tests.helpers import FaultyBackend, decode, tiny_backend
+
+LIMITS = UserLimits(max_active=50, rate_count=50, rate_window=60.0, queue_cap=100)
+FAST = WorkerTimings(heartbeat=0.2, reclaim_after=30.0, reap_every=60.0, poll=0.2, retry=0.05, grace=30.0)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path) -> Backend:
+    loaded = tiny_backend(tiny_model_dir)
+    loaded.load()
+    return loaded
+
+
+@asynccontextmanager
+async def serving(
+    jobs: RedisJobs, backend: Backend, model_dir: Path, timings: WorkerTimings = FAST, **settings: object
+) -> AsyncIterator[tuple[RedisWorker, FaultyBackend]]:
+    """A worker serving ``model_dir`` (the shared tiny backend, wrapped to record its batches) until the block ends."""
+    wrapped = FaultyBackend(backend)
+    base: dict[str, object] = {"device": "cpu", "model": str(model_dir), "batch_window": 0.3, "progress_interval": 0.01}
+    engine = Engine(EngineSettings(**(base | settings)), backend_factory=lambda _: wrapped)  # type: ignore[arg-type]
+    async with engine:
+        worker = RedisWorker(jobs, engine, name="worker-a", timings=timings)
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker, wrapped
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+
+
+def request(model_dir: Path, prompt: str, owner: str = "alice", duration: float = 1.0) -> JobRequest:
+    return JobRequest.create(prompt=prompt, model=str(model_dir), duration=duration, owner=owner,
+                             format=OutputFormat.WAV, seed=7)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def ended(jobs: RedisJobs, job_ids: list[str]) -> dict[str, str]:
+    """job id -> kind of its events (finished, failed...), for the jobs that have one."""
+    return {event.job_id: event.kind for event in await jobs.events() if event.job_id in job_ids}
+
+
+async def test_jobs_are_taken_batched_and_their_files_stored(
+    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+) -> None:
+    ids = []
+    for owner in ("alice", "bob", "carol"):
+        ids += await redis_jobs.admit([request(tiny_model_dir, f"{owner} tune", owner)], limits=LIMITS)
+    async with serving(redis_jobs, backend, tiny_model_dir) as (worker, wrapped):
+        await until(lambda: _all_ended(redis_jobs, ids))
+    assert await ended(redis_jobs, ids) == dict.fromkeys(ids, "finished")
+    assert max(len(batch) for batch in wrapped.batches) >= 2, f"no batch formed: {wrapped.batches}"
+    for job_id in ids:
+        blob = await redis_jobs.result(job_id)
+        assert blob is not None
+        audio = unpack(blob)
+        assert audio.format is OutputFormat.WAV and audio.duration == pytest.approx(1.0, abs=0.05)
+        assert decode(audio.data).duration == pytest.approx(1.0, abs=0.05)
+    assert worker.held == []
+
+
+async def test_a_job_queued_while_a_batch_runs_joins_it(
+    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+) -> None:
+    first = await redis_jobs.admit([request(tiny_model_dir, "long one", duration=4.0)], limits=LIMITS)
+    async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
+        await until(lambda: _progressed(redis_jobs, first[0]))
+        late = await redis_jobs.admit([request(tiny_model_dir, "late one", "bob")], limits=LIMITS)
+        await until(lambda: _all_ended(redis_jobs, first + late))
+    assert wrapped.joined[0] == ["late one"], (wrapped.batches, wrapped.joined)
+
+
+async def test_stopping_gives_back_the_jobs_that_had_not_started(
+    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+) -> None:
+    running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=LIMITS)
+    async with serving(redis_jobs, backend, tiny_model_dir, max_batch=1) as (worker, _):
+        await until(lambda: _progressed(redis_jobs, running[0]))
+        waiting = await redis_jobs.admit([request(tiny_model_dir, "waiting", "bob")], limits=LIMITS)
+        await asyncio.sleep(0.5)  # one row: the second job stays in Redis, not taken
+        assert worker.held == running
+    assert await ended(redis_jobs, running) == {running[0]: "finished"}
+    record = await redis_jobs.job(waiting[0])
+    assert record is not None and record.state == "queued" and record.attempt == 1
+    assert await redis_jobs.ordered(str(tiny_model_dir)) == waiting
+
+
+async def test_a_worker_that_lost_its_job_publishes_nothing_for_it(
+    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+) -> None:
+    ids = await redis_jobs.admit([request(tiny_model_dir, "stolen", duration=4.0)], limits=LIMITS)
+    async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
+        await until(lambda: _progressed(redis_jobs, ids[0]))
+        reclaimed = await redis_jobs.reclaim("reaper", min_idle=0)  # as if worker-a had stopped heart-beating
+        assert reclaimed.requeued == ids
+        await until(lambda: _all_ended(redis_jobs, ids))
+    events = [event for event in await redis_jobs.events() if event.job_id == ids[0]]
+    assert [event.kind for event in events] == ["finished"]
+    record = await redis_jobs.job(ids[0])
+    assert record is not None and record.attempt == 2, "the file must come from the second run"
+    assert wrapped.started.count("stolen") == 2
+
+
+async def _all_ended(jobs: RedisJobs, job_ids: list[str]) -> bool:
+    return set(await ended(jobs, job_ids)) == set(job_ids)
+
+
+async def _progressed(jobs: RedisJobs, job_id: str) -> bool:
+    record = await jobs.job(job_id)
+    return record is not None and record.progress is not None and record.progress[0] > 0
