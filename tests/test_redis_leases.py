@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from generation.redis import Lease, RedisJobs
 from generation.redis.keys import GROUP
@@ -139,3 +141,17 @@ async def test_only_consumers_with_nothing_pending_are_forgotten(redis_jobs: Red
     consumers = {c["name"]: c["pending"] for c in await redis_jobs.client.xinfo_consumers(redis_jobs.keys.run, GROUP)}
     assert consumers.get(b"busy-worker") == 1 and b"done-worker" not in consumers
     assert await redis_jobs.complete(busy, b"audio")
+
+
+async def test_a_take_creates_a_missing_group_and_refuses_entries_nobody_was_given(redis_client: Redis) -> None:
+    jobs = RedisJobs(redis_client)  # no setup(): the take creates the group (at 0) itself
+    await put(jobs, "ann1", "ann")
+    [lease] = await jobs.take("worker-1", MODEL, 1)
+    assert [p["message_id"] for p in await pending(jobs, "worker-1")] == [lease.entry.encode()]
+
+    await put(jobs, "bob1", "bob")
+    await redis_client.xadd(jobs.keys.run, {"job": "stray"})  # not added by a take: nobody read it
+    with pytest.raises(ResponseError, match="entries no worker was given"):
+        await jobs.take("worker-2", MODEL, 1)
+    assert await jobs.ordered(MODEL) == ["bob1"] and await jobs.waiting() == 1  # nothing was taken
+    assert await pending(jobs, "worker-2") == []
