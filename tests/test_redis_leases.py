@@ -52,9 +52,9 @@ async def test_a_heartbeat_keeps_a_job_while_a_dead_workers_job_goes_back_to_the
     await put(redis_jobs, "cat1", "cat")
     assert await redis_jobs.ordered(MODEL) == ["ann2", "cat1"]
 
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(2.1)
     assert await redis_jobs.heartbeat([alive]) == set()
-    reclaimed = await redis_jobs.reclaim("reaper", min_idle=1.0)
+    reclaimed = await redis_jobs.reclaim("reaper", min_idle=2.0)
     assert reclaimed.requeued == ["ann1"] and reclaimed.dead == []
     assert await redis_jobs.ordered(MODEL) == ["ann1", "cat1", "ann2"]  # ann's lane, front; ann keeps her turn
     ann1 = await redis_jobs.job("ann1")
@@ -67,8 +67,8 @@ async def test_a_heartbeat_keeps_a_job_while_a_dead_workers_job_goes_back_to_the
     assert bob1 is not None and (bob1.state, bob1.attempt) == ("running", 1)
     assert await redis_jobs.heartbeat([dead]) == {"ann1"}  # the dead worker's lease is gone
 
-    await asyncio.sleep(1.2)  # no heartbeat this time
-    assert (await redis_jobs.reclaim("reaper", min_idle=1.0)).requeued == ["bob1"]
+    await asyncio.sleep(2.1)  # no heartbeat this time
+    assert (await redis_jobs.reclaim("reaper", min_idle=2.0)).requeued == ["bob1"]
 
 
 async def test_jobs_put_back_keep_the_order_they_were_taken_in(redis_jobs: RedisJobs) -> None:
@@ -86,9 +86,9 @@ async def test_the_last_attempt_runs_alone_and_then_the_job_is_dead_lettered(red
     await put(redis_jobs, "ann1", "ann")
     await put(redis_jobs, "bob1", "bob")
     [first_run] = await redis_jobs.take("worker-1", MODEL, 1)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(2.1)
     [bob1] = await redis_jobs.take("worker-2", MODEL, 1)
-    reclaimed = await redis_jobs.reclaim("reaper", min_idle=1.0)  # worker-1 died on ann1
+    reclaimed = await redis_jobs.reclaim("reaper", min_idle=2.0)  # worker-1 died on ann1
     assert reclaimed.requeued == ["ann1"] and reclaimed.alone == ["ann1"]
     assert await redis_jobs.release([bob1]) == [True]  # worker-2 stops: bob1 goes back to the front
     await put(redis_jobs, "ann2", "ann")
