@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from generation.redis import Lease, RedisJobs
 from generation.redis.keys import GROUP
@@ -50,9 +52,9 @@ async def test_a_heartbeat_keeps_a_job_while_a_dead_workers_job_goes_back_to_the
     await put(redis_jobs, "cat1", "cat")
     assert await redis_jobs.ordered(MODEL) == ["ann2", "cat1"]
 
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(2.1)
     assert await redis_jobs.heartbeat([alive]) == set()
-    reclaimed = await redis_jobs.reclaim("reaper", min_idle=1.0)
+    reclaimed = await redis_jobs.reclaim("reaper", min_idle=2.0)
     assert reclaimed.requeued == ["ann1"] and reclaimed.dead == []
     assert await redis_jobs.ordered(MODEL) == ["ann1", "cat1", "ann2"]  # ann's lane, front; ann keeps her turn
     ann1 = await redis_jobs.job("ann1")
@@ -65,8 +67,8 @@ async def test_a_heartbeat_keeps_a_job_while_a_dead_workers_job_goes_back_to_the
     assert bob1 is not None and (bob1.state, bob1.attempt) == ("running", 1)
     assert await redis_jobs.heartbeat([dead]) == {"ann1"}  # the dead worker's lease is gone
 
-    await asyncio.sleep(1.2)  # no heartbeat this time
-    assert (await redis_jobs.reclaim("reaper", min_idle=1.0)).requeued == ["bob1"]
+    await asyncio.sleep(2.1)  # no heartbeat this time
+    assert (await redis_jobs.reclaim("reaper", min_idle=2.0)).requeued == ["bob1"]
 
 
 async def test_jobs_put_back_keep_the_order_they_were_taken_in(redis_jobs: RedisJobs) -> None:
@@ -84,9 +86,9 @@ async def test_the_last_attempt_runs_alone_and_then_the_job_is_dead_lettered(red
     await put(redis_jobs, "ann1", "ann")
     await put(redis_jobs, "bob1", "bob")
     [first_run] = await redis_jobs.take("worker-1", MODEL, 1)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(2.1)
     [bob1] = await redis_jobs.take("worker-2", MODEL, 1)
-    reclaimed = await redis_jobs.reclaim("reaper", min_idle=1.0)  # worker-1 died on ann1
+    reclaimed = await redis_jobs.reclaim("reaper", min_idle=2.0)  # worker-1 died on ann1
     assert reclaimed.requeued == ["ann1"] and reclaimed.alone == ["ann1"]
     assert await redis_jobs.release([bob1]) == [True]  # worker-2 stops: bob1 goes back to the front
     await put(redis_jobs, "ann2", "ann")
@@ -139,3 +141,17 @@ async def test_only_consumers_with_nothing_pending_are_forgotten(redis_jobs: Red
     consumers = {c["name"]: c["pending"] for c in await redis_jobs.client.xinfo_consumers(redis_jobs.keys.run, GROUP)}
     assert consumers.get(b"busy-worker") == 1 and b"done-worker" not in consumers
     assert await redis_jobs.complete(busy, b"audio")
+
+
+async def test_a_take_creates_a_missing_group_and_refuses_entries_nobody_was_given(redis_client: Redis) -> None:
+    jobs = RedisJobs(redis_client)  # no setup(): the take creates the group (at 0) itself
+    await put(jobs, "ann1", "ann")
+    [lease] = await jobs.take("worker-1", MODEL, 1)
+    assert [p["message_id"] for p in await pending(jobs, "worker-1")] == [lease.entry.encode()]
+
+    await put(jobs, "bob1", "bob")
+    await redis_client.xadd(jobs.keys.run, {"job": "stray"})  # not added by a take: nobody read it
+    with pytest.raises(ResponseError, match="entries no worker was given"):
+        await jobs.take("worker-2", MODEL, 1)
+    assert await jobs.ordered(MODEL) == ["bob1"] and await jobs.waiting() == 1  # nothing was taken
+    assert await pending(jobs, "worker-2") == []

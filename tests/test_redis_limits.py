@@ -68,17 +68,17 @@ async def test_one_client_gets_the_verdicts_of_the_in_process_admission(redis_jo
 
 
 async def test_a_token_comes_back_after_one_emission_interval(redis_jobs: RedisJobs) -> None:
-    limits = UserLimits(max_active=100, rate_count=2, rate_window=1.0, queue_cap=100)  # a token per 0.5 s
+    limits = UserLimits(max_active=100, rate_count=2, rate_window=4.0, queue_cap=100)  # a token per 2 s
     assert await verdict(redis_jobs, "ann", limits) == "ok"
     assert await verdict(redis_jobs, "ann", limits) == "ok"
     refusal = await verdict(redis_jobs, "ann", limits)
     assert isinstance(refusal, RateLimited) and refusal.reason == "rate"
-    assert refusal.retry_after is not None and 0.2 < refusal.retry_after <= 0.5
+    assert refusal.retry_after is not None and 1.0 < refusal.retry_after <= 2.0  # 2 s less the time passed
     assert await verdict(redis_jobs, "bob", limits) == "ok"  # buckets are per user
     await asyncio.sleep(refusal.retry_after + 0.05)
     assert await verdict(redis_jobs, "ann", limits) == "ok"
     again = await verdict(redis_jobs, "ann", limits)
-    assert isinstance(again, RateLimited) and again.retry_after is not None and again.retry_after > 0.3
+    assert isinstance(again, RateLimited) and again.retry_after is not None and again.retry_after > 1.0
 
 
 async def test_max_active_counts_queued_and_running_jobs_until_they_end(redis_jobs: RedisJobs) -> None:
