@@ -95,7 +95,7 @@ class FairQueue(Generic[Job]):
       takes when ``max_size`` is 1.
     * A batch is the next job in that order plus up to ``max_size - 1`` more jobs with the
       same ``batch_key``, picked in that same order (so a batch mixes owners). Every owner
-      served by a batch goes to the back, in the order they were served; owners skipped
+      served by a batch goes to the back, in the order of their last job in it; owners skipped
       because their jobs need another batch key keep their place at the front.
     * Jobs without an owner (``owner is None``) share one anonymous lane: together they
       get one turn per round, like a single user, so a script submitting anonymous
@@ -226,8 +226,13 @@ class FairQueue(Generic[Job]):
         return batch
 
     def _send_to_back(self, served: Iterable[str | None]) -> None:
-        """Served owners go to the back in the order they were served; emptied lanes leave."""
-        for owner in dict.fromkeys(served):
+        """Served owners go to the back in the order of their last job served; emptied lanes leave.
+
+        So what is left keeps the order :meth:`ordered` promised: after a batch that took
+        ann1, bob1, ann2 from ann1 bob1 ann2 bob2 ann3, bob2 starts before ann3.
+        """
+        last = {owner: index for index, owner in enumerate(served)}
+        for owner in sorted(last, key=last.__getitem__):
             lane = self._lanes.pop(owner)
             if lane:
                 self._lanes[owner] = lane

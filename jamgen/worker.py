@@ -27,7 +27,10 @@ async def run_worker(engine_settings: EngineSettings, redis_settings: RedisSetti
         redis_settings.url.get_secret_value(), prefix=redis_settings.prefix,
         attempts=engine_settings.job_attempts, keep_seconds=redis_settings.keep_seconds,
     )
-    timings = WorkerTimings(heartbeat=redis_settings.heartbeat, reclaim_after=redis_settings.reclaim_after)
+    timings = WorkerTimings(
+        heartbeat=redis_settings.heartbeat, reclaim_after=redis_settings.reclaim_after,
+        reap_every=redis_settings.heartbeat,
+    )
     try:
         async with Engine(engine_settings) as engine:
             log.info("loading %s", engine_settings.model)

@@ -72,7 +72,8 @@ class JobRecord:
     request_json: str
     attempt: int
     created: float
-    worker: str | None = None
+    worker: str | None = None  # the worker that took it last
+    started: float | None = None  # when it was taken last (server time, s): jobs of one take share it
     entry: str | None = None
     alone: bool = False
     reason: str | None = None
@@ -87,7 +88,8 @@ class JobRecord:
         return cls(
             job_id=job_id, state=fields["state"], owner=member_owner(fields["member"]), model=fields["model"],
             request_json=fields["request"], attempt=int(fields["attempt"]), created=float(fields["created"]),
-            worker=fields.get("worker"), entry=fields.get("entry"), alone=fields.get("alone") == "1",
+            worker=fields.get("worker"), started=float(fields["started"]) if "started" in fields else None,
+            entry=fields.get("entry"), alone=fields.get("alone") == "1",
             reason=fields.get("reason"), progress=progress,
         )
 

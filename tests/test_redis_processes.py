@@ -1,0 +1,145 @@
+"""``jamgen worker`` as real processes on one private Redis: jobs spread, batches form, kill -9 loses nothing.
+
+The test process plays the bot's part through :class:`RedisJobs` (admit, then read the events
+stream); the workers are real ``jamgen worker`` processes on the tiny model, one torch thread each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from generation.admission import UserLimits
+from generation.jobs import JobRequest, OutputFormat
+from generation.redis import RedisJobs
+from tests.redis_server import RedisServer
+
+LIMITS = UserLimits(max_active=50, rate_count=50, rate_window=60.0, queue_cap=100)
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Workers:
+    """``jamgen worker`` processes, stopped (SIGKILL if need be) when the test ends."""
+
+    def __init__(self, server: RedisServer, model_dir: Path, log_dir: Path) -> None:
+        self.env = os.environ | {
+            "REDIS_URL": server.url, "MUSICGEN_MODEL": str(model_dir), "JAMGEN_DEVICE": "cpu",
+            "JAMGEN_MAX_BATCH": "4", "JAMGEN_BATCH_WINDOW": "0.5", "JAMGEN_HEARTBEAT": "0.5",
+            "JAMGEN_RECLAIM_AFTER": "2", "JAMGEN_PROGRESS_INTERVAL": "0.05", "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
+        }
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"worker-{len(self.processes)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jamgen.cli", "worker"], cwd=self.log_dir, env=self.env, stdout=log, stderr=log
+        )
+        self.processes.append(process)
+        return process
+
+    def kill9(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(redis_server, tiny_model_dir, tmp_path)
+    yield pool
+    pool.stop()
+
+
+def request(model_dir: Path, index: int, duration: float) -> JobRequest:
+    return JobRequest.create(prompt=f"tune {index}", model=str(model_dir), duration=duration, owner=f"user{index}",
+                             format=OutputFormat.WAV, seed=index)
+
+
+async def admit(jobs: RedisJobs, model_dir: Path, count: int, duration: float) -> list[str]:
+    ids: list[str] = []
+    for index in range(count):
+        ids += await jobs.admit([request(model_dir, index, duration)], limits=LIMITS)
+    return ids
+
+
+async def wait_for(jobs: RedisJobs, workers: Workers, check: object, timeout: float = 240.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out; worker logs:\n{workers.logs()}")
+        await asyncio.sleep(0.1)
+
+
+async def finished(jobs: RedisJobs, ids: list[str]) -> Counter[str]:
+    return Counter(event.job_id for event in await jobs.events() if event.kind == "finished" and event.job_id in ids)
+
+
+async def test_two_workers_share_the_jobs_and_batch_them(
+    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+) -> None:
+    workers.start()
+    workers.start()
+    ids = await admit(redis_jobs, tiny_model_dir, 12, duration=2.0)
+
+    async def all_done() -> bool:
+        return len(await finished(redis_jobs, ids)) == len(ids)
+
+    await wait_for(redis_jobs, workers, all_done)
+    assert await finished(redis_jobs, ids) == Counter(dict.fromkeys(ids, 1)), "each job finishes exactly once"
+    records = [await redis_jobs.job(job_id) for job_id in ids]
+    by_worker = Counter(record.worker for record in records if record is not None)
+    assert len(by_worker) == 2, f"the jobs did not spread over both workers: {by_worker}"
+    takes = Counter((record.worker, record.started) for record in records if record is not None)
+    assert max(takes.values()) >= 2, f"no worker took a batch: {takes}"
+
+
+async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
+    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+) -> None:
+    workers.start()
+    ids = await admit(redis_jobs, tiny_model_dir, 4, duration=6.0)
+
+    async def running() -> bool:
+        records = [await redis_jobs.job(job_id) for job_id in ids]
+        return any(record is not None and record.progress is not None for record in records)
+
+    await wait_for(redis_jobs, workers, running)
+    workers.kill9()
+    await asyncio.sleep(1.0)
+    assert await finished(redis_jobs, ids) == Counter(), "nothing is delivered while no worker lives"
+    workers.start()
+
+    async def all_done() -> bool:
+        return len(await finished(redis_jobs, ids)) == len(ids)
+
+    await wait_for(redis_jobs, workers, all_done)
+    assert await finished(redis_jobs, ids) == Counter(dict.fromkeys(ids, 1)), "each job finishes exactly once"
+    records = [await redis_jobs.job(job_id) for job_id in ids]
+    assert {record.attempt for record in records if record is not None} == {2}, "every job ran again"
+    for job_id in ids:
+        assert await redis_jobs.result(job_id) is not None
