@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def jamgen(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed console script offline, on the CPU, away from any stray .env or settings (``env`` added)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAMGEN_", "MUSICGEN_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAMGEN_", "MUSICGEN_", "REDIS_"))}
     env = base | {"HF_HUB_OFFLINE": "1", "JAMGEN_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.run(
         [str(JAMGEN), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
@@ -129,6 +129,13 @@ def test_too_long_duration_is_refused_before_loading(tmp_path: Path) -> None:
     assert "usage:" not in result.stderr  # refused by the job validation, not by argparse (also exit 2)
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_worker_without_redis_says_what_to_set(tmp_path: Path) -> None:
+    result = jamgen("worker", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_missing_checkpoint_fails_with_a_plain_message(tmp_path: Path) -> None:
