@@ -63,6 +63,27 @@ def make_world(fake: FakeDiscord) -> World:
     return World(fake, guild, jam, other, alice, bob, mod)
 
 
+def assert_kept_to_the_api(fake: FakeDiscord) -> None:
+    """What every bot test checks at its end: each request the bot sent matched a route the fake serves (a route
+    it does not serve would be a 404 here, and untested against Discord's description) and had a valid body."""
+    assert fake.unknown_routes == [], (
+        f"the bot called routes the fake Discord does not serve: {fake.unknown_routes}; if Discord has them, "
+        "serve them in tests/fakes/ (rest.py or webhooks.py)"
+    )
+    assert fake.validation_errors == [], (
+        f"the bot sent requests Discord's OpenAPI description refuses: {fake.validation_errors}"
+    )
+
+
+@contextlib.asynccontextmanager
+async def fake_world(**options: Any) -> AsyncIterator[World]:
+    """A fake Discord (``options``: FakeDiscord's) with :func:`make_world`'s guild; on a normal exit, fails
+    unless the bot kept to the API (:func:`assert_kept_to_the_api`)."""
+    async with FakeDiscord(**options) as fake:
+        yield make_world(fake)
+        assert_kept_to_the_api(fake)
+
+
 def bot_settings(fake: FakeDiscord, **overrides: Any) -> BotSettings:
     values: dict[str, Any] = {
         "token": TOKEN, "api_base_url": fake.base_url, "gateway_url": fake.gateway_url,

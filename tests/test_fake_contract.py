@@ -1,5 +1,5 @@
-"""The fake keeps to Discord's API: the OpenAPI description travels with the repository and is required, and
-request bodies are checked against it."""
+"""The fake keeps to Discord's API: the OpenAPI description travels with the repository and is required, request
+bodies are checked against it, and a bot test fails when the bot calls a route the fake does not serve."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import discord
 import pytest
 from discord.http import Route
 
-from tests.bot_harness import World, make_world
+from tests.bot_harness import World, fake_world, make_world
 from tests.fakes.discord import FakeDiscord, connected
 from tests.fakes.openapi import ENV_VAR, MissingDescription, OpenApiValidator, default_spec_path
 
@@ -87,3 +87,37 @@ async def test_invalid_bodies_are_refused_and_collected(world: World) -> None:
     assert "tts" in world.fake.validation_errors[1]
     assert "content" in world.fake.validation_errors[2]
     assert world.fake.messages == []
+
+
+async def test_a_route_the_fake_does_not_serve_fails_the_bot_tests_check() -> None:
+    with pytest.raises(AssertionError, match=r"does not serve: \['GET /channels/\d+/jams', 'POST /oauth2/token'\]"):
+        async with fake_world() as world:
+            bot = client()
+            async with connected(world.fake, bot):
+                with pytest.raises(discord.NotFound):
+                    await bot.http.request(Route("GET", "/channels/{channel_id}/jams", channel_id=world.jam.id))
+                outside = Route("POST", "/token")  # outside /api/v10
+                outside.url = world.fake.base_url.removesuffix("/api/v10") + "/oauth2/token"
+                with pytest.raises(discord.NotFound):
+                    await bot.http.request(outside)
+            assert [request.route for request in world.fake.requests[-2:]] == ["UNKNOWN", "UNKNOWN"]
+
+
+async def test_a_bot_test_that_keeps_to_the_api_passes_the_check() -> None:
+    async with fake_world() as world:
+        bot = client()
+        async with connected(world.fake, bot):
+            channel = await bot.fetch_channel(world.jam.id)
+            assert isinstance(channel, discord.TextChannel)
+            await channel.send("hello")
+        assert world.fake.unknown_routes == [] and world.fake.validation_errors == []
+        assert [message.content for message in world.fake.messages] == ["hello"]
+
+
+async def test_a_body_discord_refuses_fails_the_bot_tests_check() -> None:
+    with pytest.raises(AssertionError, match=r"description refuses: \[.POST /channels/\{channel_id\}/messages: tts"):
+        async with fake_world() as world:
+            bot = client()
+            async with connected(world.fake, bot):
+                with pytest.raises(discord.HTTPException):
+                    await bot.http.request(Route("POST", MESSAGES, channel_id=world.jam.id), json={"tts": "yes"})

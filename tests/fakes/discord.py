@@ -13,7 +13,9 @@ Usage::
             await interaction.wait_callback()
 
 Every request body is validated against Discord's OpenAPI description (see :mod:`tests.fakes.openapi`);
-failures are answered 400 like Discord does and collected in :attr:`FakeDiscord.validation_errors`.
+failures are answered 400 like Discord does and collected in :attr:`FakeDiscord.validation_errors`. A request
+that matches no route the fake serves is answered 404 and collected in :attr:`FakeDiscord.unknown_routes`; the
+bot tests' fixture fails a test that leaves either non-empty (:func:`tests.bot_harness.fake_world`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class FakeDiscord:
         self.messages: list[FakeMessage] = []
         self.requests: list[RecordedRequest] = []
         self.validation_errors: list[str] = []
+        self.unknown_routes: list[str] = []  # "GET /no/such/route": requests no served route matched (answered 404)
         self.interactions: dict[int, FakeInteraction] = {}
         self.gateway = Gateway(heartbeat_interval_ms=heartbeat_interval_ms, on_identify=self._on_identify,
                                on_change=self.notify)

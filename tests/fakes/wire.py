@@ -55,6 +55,8 @@ class RestFrontDoor:
         spec = self._match(request.method, path)
         record = RecordedRequest(request.method, path, spec.name if spec else "UNKNOWN", dict(request.query))
         self._fake.requests.append(record)
+        if spec is None:
+            self._record_unknown(record)
         try:
             record.json, record.files = await read_body(request)
             reply = await self._answer(spec, record)
@@ -67,9 +69,14 @@ class RestFrontDoor:
     async def handle_outside_api(self, request: web.Request) -> web.Response:
         record = RecordedRequest(request.method, request.path, "UNKNOWN", dict(request.query), status=404)
         self._fake.requests.append(record)
-        log.warning("fake Discord: request outside the API: %s %s", request.method, request.path)
+        self._record_unknown(record)
         self._fake.notify()
         return to_response(Reply(status=404, body=NOT_FOUND))
+
+    def _record_unknown(self, record: RecordedRequest) -> None:
+        """A request no served route matches (answered 404, like Discord): kept for the test to fail on."""
+        log.warning("fake Discord: unknown route %s %s", record.method, record.path)
+        self._fake.unknown_routes.append(f"{record.method} {record.path}")
 
     async def serve_attachment(self, request: web.Request) -> web.Response:
         """The CDN: GET /attachments/{channel_id}/{attachment_id}/{filename} (discord.Attachment.read())."""
@@ -85,7 +92,6 @@ class RestFrontDoor:
 
     async def _answer(self, spec: RouteSpec | None, record: RecordedRequest) -> Reply:
         if spec is None:
-            log.warning("fake Discord: unknown route %s %s", record.method, record.path)
             return Reply(status=404, body=NOT_FOUND)
         failures = self._failures.get(spec.name)
         if failures:
