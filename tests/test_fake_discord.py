@@ -299,6 +299,22 @@ async def test_server_errors_are_retried_or_raised(world: World) -> None:
     assert [message.content for message in world.fake.messages] == ["after a 502"]
 
 
+async def test_an_answer_lost_after_the_effect_leaves_the_message_posted(world: World) -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+    route = "POST /channels/{channel_id}/messages"
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        world.fake.fail_next(route, 503, after_effect=True)  # discord.py does not retry a 503 on bot routes
+        with pytest.raises(discord.DiscordServerError):
+            await channel.send("posted, though the answer said no")
+        world.fake.fail_next(route, 502, after_effect=True)  # it does retry a 502, blindly: the hazard
+        await channel.send("posted twice")
+    statuses = [request.status for request in world.fake.requests if request.route == route]
+    assert statuses == [503, 502, 200]
+    assert [m.content for m in world.fake.messages] == ["posted, though the answer said no", *["posted twice"] * 2]
+
+
 async def test_webhook_503_is_retried(world: World) -> None:
     bot = make_bot()
 

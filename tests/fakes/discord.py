@@ -202,10 +202,15 @@ class FakeDiscord:
 
     # Faults ---------------------------------------------------------------------------------------------------
 
-    def fail_next(self, route: str, status: int, times: int = 1, *, retry_after: float = 0.1) -> None:
+    def fail_next(self, route: str, status: int, times: int = 1, *, retry_after: float = 0.1,
+                  after_effect: bool = False) -> None:
         """Answer the next ``times`` requests to ``route`` (e.g. ``"POST /webhooks/{application_id}/{token}"``)
-        with ``status``; a 429 comes with Discord's body and X-RateLimit-*/Via headers."""
-        self.rest.fail_next(route, status, times, retry_after)
+        with ``status``; a 429 comes with Discord's body and X-RateLimit-*/Via headers.
+
+        ``after_effect``: carry each request out first (the message is posted) and only then answer ``status``,
+        as when Discord's edge times out on a request its backend completed: the answer is lost, not the effect.
+        """
+        self.rest.fail_next(route, status, times, retry_after, after_effect=after_effect)
 
     def expire_token(self, interaction: FakeInteraction) -> None:
         """Make the interaction's token count as older than ``token_ttl``."""
