@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import JamBot
+from bot.journal import JobRecord, State
 from bot.settings import BotSettings
+from bot.store import Store
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
@@ -126,6 +128,37 @@ async def running_bot(
     finally:
         await bot.close()
         await asyncio.wait_for(runner, 30)
+
+
+@contextlib.asynccontextmanager
+async def journal_of(data_dir: Path) -> AsyncIterator[Store]:
+    """The journal in ``data_dir``, opened on its own (for a bot that is stopped, or running elsewhere)."""
+    store = Store(data_dir / "jamgen.sqlite3")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def state_reached(store: Store, job_id: str, state: State, timeout: float = 20) -> JobRecord:
+    """The job's record once the journal has it in ``state``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            record = await store.journal.get(job_id)
+            if record is not None and record.state is state:
+                return record
+            await asyncio.sleep(0.05)
+
+
+def job_of(post: FakeMessage) -> str:
+    """The job id on a result card (its footer says ``job <id> · ...``)."""
+    return str(post.embeds[0]["footer"]["text"].split()[1])
+
+
+def posts_of(world: World, job_id: str) -> list[FakeMessage]:
+    """The result cards for ``job_id`` the fake has (deleted ones included)."""
+    return [m for m in world.fake.messages if m.embeds and f"job {job_id} " in m.embeds[0]["footer"]["text"] + " "]
 
 
 class Gate:

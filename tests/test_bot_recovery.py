@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.housekeeping import prune
-from bot.journal import JobRecord, State
+from bot.journal import State
 from bot.recovery import MAX_CRASHES
-from bot.store import Store
-from tests.bot_harness import World, gated, running_bot
+from tests.bot_harness import World, gated, journal_of, posts_of, running_bot, state_reached
 from tests.fakes.discord import FakeMessage
-
-
-@asynccontextmanager
-async def journal_of(data_dir: Path) -> AsyncIterator[Store]:
-    store = Store(data_dir / "jamgen.sqlite3")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def posts_of(world: World, job_id: str) -> list[FakeMessage]:
-    return [m for m in world.fake.messages if m.embeds and f"job {job_id} " in m.embeds[0]["footer"]["text"] + " "]
-
-
-async def state_reached(store: Store, job_id: str, state: State, timeout: float = 20) -> JobRecord:
-    async with asyncio.timeout(timeout):
-        while True:
-            record = await store.journal.get(job_id)
-            if record is not None and record.state is state:
-                return record
-            await asyncio.sleep(0.05)
 
 
 def job_in(message: FakeMessage) -> str:
