@@ -162,7 +162,8 @@ class Pipeline:
                 status.set(self._render(ticket))  # the first text now, while the jobs are surely still queued
                 await asyncio.gather(
                     *(self._follow(ticket, handle, status) for handle in ticket.handles),
-                    *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record)) for record in kept),
+                    *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record, status))
+                      for record in kept),
                 )
                 status.close()
         finally:
@@ -237,13 +238,14 @@ class Pipeline:
         where = "below" if done.via == "followup" else "in the channel"
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
-    async def _redeliver(self, ticket: Ticket, record: JobRecord) -> None:
+    async def _redeliver(self, ticket: Ticket, record: JobRecord, status: ThrottledEditor) -> None:
         if record.state is State.DELIVERING and await find_post(ticket.reply, record.job_id) is not None:
             await self.store.journal.move(record.job_id, State.DELIVERED, detail="found posted after a restart")
             ticket.set_line(record.job_id, ended_line("done", "posted"))
-            return
-        audio = await kept_audio(record)
-        await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
+        else:
+            audio = await kept_audio(record)
+            await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
+        status.set(ticket.render())  # no event stream follows a kept job: say it is done here
 
     async def _journal(self, job_id: str, state: State, detail: str | None = None, **fields: object) -> None:
         try:
