@@ -3,6 +3,11 @@
 Discord errors are handled here, once: a 5xx or 429 is retried with backoff (within the
 token's life for follow-ups), a 413 (the upload limit shrank) re-encodes the file smaller,
 and an expired token falls back to the channel, mentioning the user.
+
+At most once: a 5xx can come back for an upload Discord did post (its edge gave up waiting
+for its backend), so no try is made again blindly. discord.py's own retry loop is stopped
+(:class:`SentOnce`), and before every new try the channel is searched for the job's card
+(every card's footer says ``job <id>``); when it is there, that is the delivery.
 """
 
 from __future__ import annotations
@@ -27,9 +32,29 @@ log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 SHRINK_FACTOR = 0.6
+HISTORY_LIMIT = 100  # recent channel messages searched for a card that may have been posted already
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 Send = Callable[[discord.File], Awaitable[discord.Message]]
+Find = Callable[[], Awaitable[discord.Message | None]]
+
+
+class ResendStopped(Exception):
+    """discord.py was about to send an upload again, after a 5xx (the upload may have been posted) or a 429."""
+
+
+class SentOnce(discord.File):
+    """A file that discord.py sends once: its retry loop must not post a track a second time.
+
+    discord.py retries a 5xx by itself (any 5xx on webhooks, 500/502/504 on bot routes) after waiting, and
+    rewinds every file before each try but the first (``reset(seek=try_number)``). Stopping there hands the
+    decision back to :func:`_with_retries`, which first looks for the card in the channel.
+    """
+
+    def reset(self, *, seek: int | bool = True) -> None:
+        if seek:
+            raise ResendStopped("discord.py was about to send the upload again")
+        super().reset(seek=seek)
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,7 @@ class Delivery:
 class Post:
     """A track's post: the same for a follow-up and a channel message."""
 
+    job_id: str  # the card's footer says ``job <id>``: how a post that may exist is found
     user_id: int
     audio: EncodedAudio
     filename: str
@@ -85,18 +111,49 @@ def retryable(exc: discord.HTTPException) -> bool:
     return exc.status >= 500 or exc.status == 429
 
 
+def falls_back(exc: Exception) -> bool:
+    """Whether a failed follow-up goes to the channel: the token is gone, or Discord kept failing."""
+    if isinstance(exc, ResendStopped):
+        return True
+    return isinstance(exc, discord.HTTPException) and (token_gone(exc) or retryable(exc))
+
+
+async def find_post(reply: Reply, job_id: str) -> discord.Message | None:
+    """This bot's card for ``job_id`` among the channel's recent messages; None when it is not there, or when the
+    channel cannot be read (no Read Message History: then posting, perhaps twice, beats losing the track)."""
+    marker = f"job {job_id} "
+    me = reply.client.user
+    try:
+        async for message in reply.channel.history(limit=HISTORY_LIMIT):
+            if me is not None and message.author.id != me.id:
+                continue
+            if any(marker in f"{embed.footer.text or ''} " for embed in message.embeds):
+                return message
+    except discord.HTTPException as exc:
+        log.warning("could not read channel %s to look for job %s (%s)", reply.channel_id, job_id, exc.status)
+    return None
+
+
 async def deliver(reply: Reply, post: Post) -> Delivery:
     """Post ``post`` for ``reply``'s user. Pings only that user, never roles or everyone."""
+
+    async def find() -> discord.Message | None:
+        return await find_post(reply, post.job_id)
+
     if reply.token_usable():
         try:
-            message = await _with_retries(post, lambda file: _followup(reply, post, file), reply.token_usable)
+            message = await _with_retries(post, lambda file: _followup(reply, post, file), reply.token_usable, find)
             return Delivery(message.id, "followup")
-        except discord.HTTPException as exc:
-            if not (token_gone(exc) or retryable(exc)):
+        except (discord.HTTPException, ResendStopped) as exc:
+            if not falls_back(exc):
                 raise
-            log.info("follow-up for user %s failed (%s); posting in the channel", reply.user_id, exc.status)
+            log.info("follow-up for user %s failed (%s); posting in the channel", reply.user_id, exc)
+        found = await find()
+        if found is not None:
+            return Delivery(found.id, "followup")
     channel_post = dataclasses.replace(post, note=" (the reply window had closed, so it is posted here)")
-    message = await _with_retries(channel_post, lambda file: _to_channel(reply, channel_post, file), lambda: True)
+    message = await _with_retries(channel_post, lambda file: _to_channel(reply, channel_post, file), lambda: True,
+                                  find)
     return Delivery(message.id, "channel")
 
 
@@ -112,13 +169,18 @@ async def _to_channel(reply: Reply, post: Post, file: discord.File) -> discord.M
     )
 
 
-async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool]) -> discord.Message:
-    """Send, retrying server errors with backoff and re-encoding smaller after a 413."""
+async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool], find: Find) -> discord.Message:
+    """Send, retrying server errors with backoff and re-encoding smaller after a 413; after a 5xx or a 429, the
+    channel is searched for the card before the next try (a 5xx may come back for a post that was made)."""
     audio = post.audio
     delays = iter(RETRY_DELAYS)
     while True:
         try:
-            return await send(discord.File(io.BytesIO(audio.data), _renamed(post.filename, audio)))
+            return await send(SentOnce(io.BytesIO(audio.data), _renamed(post.filename, audio)))
+        except ResendStopped:
+            if next(delays, None) is None or not still_ok():  # no sleep: discord.py has waited already
+                raise
+            log.warning("Discord answered an upload with a 5xx or 429; looking for it before sending it again")
         except discord.HTTPException as exc:
             if too_large(exc):
                 audio = await _smaller(audio)
@@ -128,6 +190,10 @@ async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool]) ->
                 raise
             log.warning("Discord answered %s; retrying in %.0f s", exc.status, delay)
             await asyncio.sleep(delay)
+        found = await find()
+        if found is not None:
+            log.info("job %s was posted despite the error: not posting it again", post.job_id)
+            return found
 
 
 async def _smaller(audio: EncodedAudio) -> EncodedAudio:

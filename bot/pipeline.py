@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.delivery import Post, deliver, file_name, save_audio
+from bot.delivery import Post, deliver, file_name, find_post, save_audio
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
-from bot.recovery import already_posted, kept_audio, timing_of
+from bot.recovery import kept_audio, timing_of
 from bot.reply import Reply
 from bot.settings import BotSettings
 from bot.store import GuildSettings, Store
@@ -162,7 +162,8 @@ class Pipeline:
                 status.set(self._render(ticket))  # the first text now, while the jobs are surely still queued
                 await asyncio.gather(
                     *(self._follow(ticket, handle, status) for handle in ticket.handles),
-                    *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record)) for record in kept),
+                    *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record, status))
+                      for record in kept),
                 )
                 status.close()
         finally:
@@ -230,20 +231,21 @@ class Pipeline:
             generated_in=timing.generated_in, length=audio.duration,
             title=ticket.title.split("\n", 1)[0][:256].replace("**", ""),
         )
-        post = Post(ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed,
+        post = Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed,
                     self._view_factory(job_id))
         done = await deliver(ticket.reply, post)
         await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
         where = "below" if done.via == "followup" else "in the channel"
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
-    async def _redeliver(self, ticket: Ticket, record: JobRecord) -> None:
-        if record.state is State.DELIVERING and await already_posted(self.client, ticket.reply, record.job_id):
+    async def _redeliver(self, ticket: Ticket, record: JobRecord, status: ThrottledEditor) -> None:
+        if record.state is State.DELIVERING and await find_post(ticket.reply, record.job_id) is not None:
             await self.store.journal.move(record.job_id, State.DELIVERED, detail="found posted after a restart")
             ticket.set_line(record.job_id, ended_line("done", "posted"))
-            return
-        audio = await kept_audio(record)
-        await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
+        else:
+            audio = await kept_audio(record)
+            await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
+        status.set(ticket.render())  # no event stream follows a kept job: say it is done here
 
     async def _journal(self, job_id: str, state: State, detail: str | None = None, **fields: object) -> None:
         try:

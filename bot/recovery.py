@@ -7,7 +7,7 @@
 * Jobs whose audio was kept on disk are delivered from it. A job journaled as
   "delivering" may have been posted just before the crash: the channel's recent
   messages are checked for its job id (every result card says ``job <id>`` in its
-  footer) before it is posted again. That is the at-most-once guarantee: a post is
+  footer; :func:`bot.delivery.find_post`) before it is posted again. That is the at-most-once guarantee: a post is
   either found or made, never made twice.
 """
 
@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import aiofiles
-import discord
 
 from bot.journal import JobRecord, State
 from bot.reply import Reply
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CRASHES = 2
-HISTORY_LIMIT = 100  # recent channel messages searched for a post made just before a crash
 RESTARTED = "🔄 The bot restarted; your job is back in the queue."
 
 
@@ -93,20 +91,6 @@ async def _may_run_again(pipeline: Pipeline, ticket: Ticket, record: JobRecord) 
     await pipeline.store.journal.move(record.job_id, State.FAILED, reason=reason)
     ticket.set_line(record.job_id, ended_line("failed", reason))
     await ticket.reply.tell(f"your track `{record.job_id}` failed: {reason}")
-    return False
-
-
-async def already_posted(client: discord.Client, reply: Reply, job_id: str) -> bool:
-    """Whether a result card for ``job_id`` is among the channel's recent messages by this bot."""
-    marker = f"job {job_id} "
-    try:
-        async for message in reply.channel.history(limit=HISTORY_LIMIT):
-            if client.user is not None and message.author.id != client.user.id:
-                continue
-            if any(marker in f"{embed.footer.text or ''} " for embed in message.embeds):
-                return True
-    except discord.HTTPException as exc:  # no Read Message History: deliver (nothing lost) and say so
-        log.warning("could not read channel %s to check for job %s (%s)", reply.channel_id, job_id, exc.status)
     return False
 
 

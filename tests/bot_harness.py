@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import JamBot
+from bot.journal import JobRecord, State
 from bot.settings import BotSettings
+from bot.store import Store
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
@@ -63,6 +65,27 @@ def make_world(fake: FakeDiscord) -> World:
     return World(fake, guild, jam, other, alice, bob, mod)
 
 
+def assert_kept_to_the_api(fake: FakeDiscord) -> None:
+    """What every bot test checks at its end: each request the bot sent matched a route the fake serves (a route
+    it does not serve would be a 404 here, and untested against Discord's description) and had a valid body."""
+    assert fake.unknown_routes == [], (
+        f"the bot called routes the fake Discord does not serve: {fake.unknown_routes}; if Discord has them, "
+        "serve them in tests/fakes/ (rest.py or webhooks.py)"
+    )
+    assert fake.validation_errors == [], (
+        f"the bot sent requests Discord's OpenAPI description refuses: {fake.validation_errors}"
+    )
+
+
+@contextlib.asynccontextmanager
+async def fake_world(**options: Any) -> AsyncIterator[World]:
+    """A fake Discord (``options``: FakeDiscord's) with :func:`make_world`'s guild; on a normal exit, fails
+    unless the bot kept to the API (:func:`assert_kept_to_the_api`)."""
+    async with FakeDiscord(**options) as fake:
+        yield make_world(fake)
+        assert_kept_to_the_api(fake)
+
+
 def bot_settings(fake: FakeDiscord, **overrides: Any) -> BotSettings:
     values: dict[str, Any] = {
         "token": TOKEN, "api_base_url": fake.base_url, "gateway_url": fake.gateway_url,
@@ -105,6 +128,37 @@ async def running_bot(
     finally:
         await bot.close()
         await asyncio.wait_for(runner, 30)
+
+
+@contextlib.asynccontextmanager
+async def journal_of(data_dir: Path) -> AsyncIterator[Store]:
+    """The journal in ``data_dir``, opened on its own (for a bot that is stopped, or running elsewhere)."""
+    store = Store(data_dir / "jamgen.sqlite3")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def state_reached(store: Store, job_id: str, state: State, timeout: float = 20) -> JobRecord:
+    """The job's record once the journal has it in ``state``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            record = await store.journal.get(job_id)
+            if record is not None and record.state is state:
+                return record
+            await asyncio.sleep(0.05)
+
+
+def job_of(post: FakeMessage) -> str:
+    """The job id on a result card (its footer says ``job <id> · ...``)."""
+    return str(post.embeds[0]["footer"]["text"].split()[1])
+
+
+def posts_of(world: World, job_id: str) -> list[FakeMessage]:
+    """The result cards for ``job_id`` the fake has (deleted ones included)."""
+    return [m for m in world.fake.messages if m.embeds and f"job {job_id} " in m.embeds[0]["footer"]["text"] + " "]
 
 
 class Gate:

@@ -12,8 +12,7 @@ from redis.asyncio import Redis
 
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.redis import RedisJobs
-from tests.bot_harness import World, make_world
-from tests.fakes.discord import FakeDiscord
+from tests.bot_harness import World, fake_world
 from tests.redis_server import RedisServer, RedisServerMissing
 
 warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
@@ -92,10 +91,10 @@ def tiny_stereo_melody_model_dir(tmp_path_factory: pytest.TempPathFactory, offli
 
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
-    """A fake Discord with one guild (channels jam and general; alice, bob and a moderator)."""
-    async with FakeDiscord() as fake:
-        yield make_world(fake)
-        assert fake.validation_errors == [], "the bot sent requests Discord's OpenAPI description refuses"
+    """A fake Discord with one guild (channels jam and general; alice, bob and a moderator). At teardown the test
+    fails if the bot called a route the fake does not serve or sent a body Discord's description refuses."""
+    async with fake_world() as world:
+        yield world
 
 
 # -- Redis: one private server per test session, emptied before each test ---------------------------

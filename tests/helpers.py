@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +138,19 @@ def spec_reply(*, token_usable: bool = True) -> object:
 
     reply = mock.create_autospec(Reply, instance=True, user_id=7, channel_id=1, guild_id=2)
     reply.token_usable.return_value = token_usable
+    reply.client = mock.create_autospec(discord.Client, instance=True)
+    reply.client.user = mock.Mock(id=99)
     reply.webhook = mock.create_autospec(discord.Webhook, instance=True)
     reply.channel = mock.create_autospec(discord.PartialMessageable, instance=True)
+    reply.channel.history.side_effect = lambda **kwargs: _messages([])
     return reply
+
+
+async def _messages(messages: list[object]) -> AsyncIterator[object]:
+    for message in messages:
+        yield message
+
+
+def channel_history(reply: object, messages: list[object]) -> None:
+    """Make ``spec_reply()``'s channel history yield ``messages`` (newest first), as often as it is read."""
+    reply.channel.history.side_effect = lambda **kwargs: _messages(messages)  # type: ignore[attr-defined]

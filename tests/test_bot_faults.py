@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot_harness import World, running_bot
+from bot.journal import State
+from tests.bot_harness import World, job_of, running_bot, state_reached
 from tests.helpers import FaultyBackend, oom_over, tiny_backend
 
 FOLLOW_UP = "POST /webhooks/{application_id}/{token}"
@@ -49,6 +50,26 @@ async def test_a_channel_post_retries_server_errors_with_backoff(
     assert post.via == "channel"
     statuses = [r.status for r in world.fake.requests if r.route == CHANNEL_POST]
     assert statuses == [503, 503, 200]
+
+
+@pytest.mark.parametrize(("route", "status"), [(FOLLOW_UP, 502), (CHANNEL_POST, 500)])
+async def test_a_5xx_for_an_upload_discord_made_does_not_post_it_twice(
+    world: World, tiny_model_dir: Path, tmp_path: Path, route: str, status: int
+) -> None:
+    """Discord posts the track, then answers 5xx (its edge gave up on its backend): discord.py would send it again
+    by itself (it retries these); the bot looks for the card in the channel and finds it instead."""
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        interaction = await world.generate(prompt="lost answer")
+        await interaction.wait_callback()
+        if route == CHANNEL_POST:
+            world.fake.expire_token(interaction)
+        world.fake.fail_next(route, status, after_effect=True)
+        (post,) = await world.result_of(interaction)
+        record = await state_reached(bot.store, job_of(post), State.DELIVERED)
+    assert record.message_id == post.id  # the post that was found is the delivery
+    assert [r.status for r in world.fake.requests if r.route == route and r.files] == [status]
+    assert [m for m in world.fake.messages if m.attachments] == [post]
+    assert any(r.route == "GET /channels/{channel_id}/messages" for r in world.fake.requests)
 
 
 async def test_a_worker_crash_is_retried_then_reported_and_the_bot_goes_on(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot_harness import World, gated, make_world, running_bot
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.bot_harness import World, fake_world, gated, running_bot
+from tests.fakes.discord import FakeInteraction, FakeMessage
 from tests.helpers import FaultyBackend, decode
 
 HEARTBEAT_INTERVAL_MS = 250
@@ -76,9 +76,8 @@ async def test_a_dropped_connection_resumes_and_the_running_job_is_delivered(
 @pytest.fixture
 async def quick_heartbeat_world() -> AsyncIterator[World]:
     """A fake Discord that asks for a heartbeat every 250 ms (Discord asks every ~41 s)."""
-    async with FakeDiscord(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS) as fake:
-        yield make_world(fake)
-        assert fake.validation_errors == [], "the bot sent requests Discord's OpenAPI description refuses"
+    async with fake_world(heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS) as world:
+        yield world
 
 
 async def test_a_zombie_connection_is_noticed_and_resumed_and_the_job_is_delivered(

@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.housekeeping import prune
-from bot.journal import JobRecord, State
+from bot.journal import State
 from bot.recovery import MAX_CRASHES
-from bot.store import Store
-from tests.bot_harness import World, gated, running_bot
+from tests.bot_harness import World, gated, journal_of, posts_of, running_bot
 from tests.fakes.discord import FakeMessage
-
-
-@asynccontextmanager
-async def journal_of(data_dir: Path) -> AsyncIterator[Store]:
-    store = Store(data_dir / "jamgen.sqlite3")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def posts_of(world: World, job_id: str) -> list[FakeMessage]:
-    return [m for m in world.fake.messages if m.embeds and f"job {job_id} " in m.embeds[0]["footer"]["text"] + " "]
-
-
-async def state_reached(store: Store, job_id: str, state: State, timeout: float = 20) -> JobRecord:
-    async with asyncio.timeout(timeout):
-        while True:
-            record = await store.journal.get(job_id)
-            if record is not None and record.state is state:
-                return record
-            await asyncio.sleep(0.05)
 
 
 def job_in(message: FakeMessage) -> str:
@@ -83,21 +57,6 @@ async def test_a_restart_resumes_queued_and_interrupted_jobs_in_order(
         assert [m.embeds[0]["description"] for m in first + second] == ["first", "second"]
         await world.fake.wait_for(lambda: "posted" in running.original.content and "posted" in waiting.original.content)
     assert len([m for m in world.fake.messages if m.attachments]) == 2
-
-
-async def test_a_post_made_just_before_a_crash_is_not_posted_again(
-    world: World, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    async with running_bot(world.fake, tiny_model_dir, tmp_path):
-        (post,) = await world.result_of(await world.generate(prompt="once"))
-    job_id = post.embeds[0]["footer"]["text"].split()[1]
-    async with journal_of(tmp_path) as store:  # the crash: uploaded, but the journal never heard back
-        await store.journal.move(job_id, State.DELIVERING)
-    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
-        record = await state_reached(bot.store, job_id, State.DELIVERED)
-    assert record.state is State.DELIVERED
-    assert any(r.route == "GET /channels/{channel_id}/messages" for r in world.fake.requests)
-    assert len(posts_of(world, job_id)) == 1
 
 
 async def test_audio_kept_on_disk_is_delivered_after_a_restart(

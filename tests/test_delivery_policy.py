@@ -1,4 +1,5 @@
-"""The delivery policy on its own, with spec'd doubles: retries, fallback to the channel, shrinking."""
+"""The delivery policy on its own, with spec'd doubles: retries, fallback to the channel, shrinking, and no
+second post when a 5xx came back for an upload that was made."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 import pytest
 
 from bot import delivery
-from bot.delivery import Post, deliver
+from bot.delivery import Post, ResendStopped, SentOnce, deliver, find_post
 from generation.encode import EncodeOptions, encode
 from generation.errors import EncodeError
 from generation.jobs import Normalization, OutputFormat
-from tests.helpers import http_error, spec_reply
+from tests.helpers import channel_history, http_error, spec_reply
+
+JOB = "j1"
+BOT_ID = 99  # spec_reply()'s client.user
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +29,17 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
 def post(fmt: OutputFormat = OutputFormat.OPUS) -> Post:
     t = np.linspace(0, 3, 3 * 32000, dtype=np.float32)
     audio = encode((0.3 * np.sin(2 * np.pi * 330 * t))[None], 32000, EncodeOptions(fmt, None, Normalization.NONE))
-    return Post(7, audio, f"x.{audio.extension}", discord.Embed(title="t"), discord.ui.View(timeout=None))
+    return Post(JOB, 7, audio, f"x.{audio.extension}", discord.Embed(title="t"), discord.ui.View(timeout=None))
 
 
 def message(message_id: int) -> Any:
     return mock.Mock(spec=discord.Message, id=message_id)
+
+
+def card(message_id: int, job_id: str = JOB, author_id: int = BOT_ID) -> Any:
+    """A result card in the channel, as the bot posts it (``job <id>`` in the footer)."""
+    embed = discord.Embed(title="t").set_footer(text=f"job {job_id} · licence")
+    return mock.Mock(spec=discord.Message, id=message_id, author=mock.Mock(id=author_id), embeds=[embed])
 
 
 async def test_persistent_server_errors_fall_back_to_the_channel() -> None:
@@ -83,3 +93,63 @@ async def test_a_file_that_cannot_shrink_enough_fails_clearly() -> None:
     reply.webhook.send.side_effect = http_error(413, 40005, "Request entity too large")
     with pytest.raises(EncodeError, match="upload limit"):
         await deliver(reply, post())
+
+
+async def test_a_5xx_for_an_upload_that_was_posted_is_not_posted_again() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.side_effect = http_error(502)  # Discord posted it; the answer was lost
+    channel_history(reply, [card(41)])
+    done = await deliver(reply, post())
+    assert (done.message_id, done.via) == (41, "followup")
+    assert reply.webhook.send.await_count == 1
+    reply.channel.send.assert_not_awaited()
+
+
+async def test_a_5xx_for_an_upload_that_was_not_posted_is_sent_again() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.side_effect = [http_error(502), message(5)]
+    channel_history(reply, [card(40, job_id="another job"), card(41, author_id=1234)])
+    done = await deliver(reply, post())
+    assert (done.message_id, done.via) == (5, "followup")
+    assert reply.webhook.send.await_count == 2
+    reply.channel.history.assert_called_once_with(limit=delivery.HISTORY_LIMIT)
+
+
+@pytest.mark.parametrize(("history", "sends"), [([card(41)], 1), ([], 2)])
+async def test_discord_py_may_not_resend_an_upload_on_its_own(history: list[Any], sends: int) -> None:
+    """discord.py retries a 5xx itself, rewinding the file first: the bot stops it and looks for the card."""
+    reply: Any = spec_reply()
+    channel_history(reply, history)
+    files: list[discord.File] = []
+
+    async def send(*args: Any, file: discord.File, **kwargs: Any) -> Any:
+        files.append(file)
+        file.reset(seek=0)  # discord.py's first try
+        if len(files) == 1:
+            file.reset(seek=1)  # its second try, after the first one's 5xx
+        return message(5)
+
+    reply.webhook.send.side_effect = send
+    done = await deliver(reply, post())
+    assert done.message_id == (41 if history else 5)
+    assert len(files) == sends and all(isinstance(file, SentOnce) for file in files)
+
+
+def test_a_sent_once_file_stops_any_rewind_but_the_first() -> None:
+    import io
+
+    file = SentOnce(io.BytesIO(b"abc"), "a.opus")
+    file.reset(seek=0)
+    with pytest.raises(ResendStopped):
+        file.reset(seek=1)
+    with pytest.raises(ResendStopped):
+        file.reset()
+
+
+async def test_find_post_takes_only_this_bots_card_for_this_job() -> None:
+    reply: Any = spec_reply()
+    channel_history(reply, [card(1, author_id=1234), card(2, job_id=JOB + "0"), card(3)])
+    found = await find_post(reply, JOB)
+    assert found is not None and found.id == 3
+    reply.channel.history.side_effect = http_error(403, 50001, "Missing Access")
+    assert await find_post(reply, JOB) is None  # unreadable: post (maybe twice) rather than lose the track

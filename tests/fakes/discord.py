@@ -13,7 +13,9 @@ Usage::
             await interaction.wait_callback()
 
 Every request body is validated against Discord's OpenAPI description (see :mod:`tests.fakes.openapi`);
-failures are answered 400 like Discord does and collected in :attr:`FakeDiscord.validation_errors`.
+failures are answered 400 like Discord does and collected in :attr:`FakeDiscord.validation_errors`. A request
+that matches no route the fake serves is answered 404 and collected in :attr:`FakeDiscord.unknown_routes`; the
+bot tests' fixture fails a test that leaves either non-empty (:func:`tests.bot_harness.fake_world`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class FakeDiscord:
         self.messages: list[FakeMessage] = []
         self.requests: list[RecordedRequest] = []
         self.validation_errors: list[str] = []
+        self.unknown_routes: list[str] = []  # "GET /no/such/route": requests no served route matched (answered 404)
         self.interactions: dict[int, FakeInteraction] = {}
         self.gateway = Gateway(heartbeat_interval_ms=heartbeat_interval_ms, on_identify=self._on_identify,
                                on_change=self.notify)
@@ -199,10 +202,15 @@ class FakeDiscord:
 
     # Faults ---------------------------------------------------------------------------------------------------
 
-    def fail_next(self, route: str, status: int, times: int = 1, *, retry_after: float = 0.1) -> None:
+    def fail_next(self, route: str, status: int, times: int = 1, *, retry_after: float = 0.1,
+                  after_effect: bool = False) -> None:
         """Answer the next ``times`` requests to ``route`` (e.g. ``"POST /webhooks/{application_id}/{token}"``)
-        with ``status``; a 429 comes with Discord's body and X-RateLimit-*/Via headers."""
-        self.rest.fail_next(route, status, times, retry_after)
+        with ``status``; a 429 comes with Discord's body and X-RateLimit-*/Via headers.
+
+        ``after_effect``: carry each request out first (the message is posted) and only then answer ``status``,
+        as when Discord's edge times out on a request its backend completed: the answer is lost, not the effect.
+        """
+        self.rest.fail_next(route, status, times, retry_after, after_effect=after_effect)
 
     def expire_token(self, interaction: FakeInteraction) -> None:
         """Make the interaction's token count as older than ``token_ttl``."""

@@ -1,8 +1,9 @@
 """Validate request bodies against Discord's official OpenAPI description.
 
-The description (public repo discord/discord-api-spec, ``specs/openapi.json``) lives in ``<repo>/../shared/data``;
-the environment variable ``JAMGEN_DISCORD_OPENAPI`` points elsewhere. Without the file, validation is skipped
-with a logged warning.
+The description (public repo discord/discord-api-spec, ``specs/openapi.json``, MIT) travels with the repository,
+gzipped: ``tests/data/discord-openapi.json.gz`` (see ``tests/data/README.md``). ``$JAMGEN_DISCORD_OPENAPI`` points at
+another copy (plain or gzipped JSON), to try a newer description. A missing description is an error, never a
+reason to skip validation: the fake would drift from the real API unnoticed.
 
 Snowflakes are typed as strings in the description; discord.py sends some of them as integers (attachment ids,
 for example), and Discord accepts both, so every snowflake schema here accepts a string of digits or an integer.
@@ -10,8 +11,8 @@ for example), and Discord accepts both, so every snowflake schema here accepts a
 
 from __future__ import annotations
 
+import gzip
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -21,19 +22,32 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-log = logging.getLogger(__name__)
-
 ENV_VAR = "JAMGEN_DISCORD_OPENAPI"
+VENDORED = Path(__file__).resolve().parents[1] / "data" / "discord-openapi.json.gz"
 _MAX_MESSAGE = 300
 
 
+class MissingDescription(FileNotFoundError):
+    """Discord's OpenAPI description is not where it should be: the tests cannot check requests against it."""
+
+
 def default_spec_path() -> Path:
-    """``$JAMGEN_DISCORD_OPENAPI``, else ``<repo>/../shared/data/discord-openapi.json``."""
+    """``$JAMGEN_DISCORD_OPENAPI``, else the copy in ``tests/data``."""
     override = os.environ.get(ENV_VAR)
-    if override:
-        return Path(override)
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared/data/discord-openapi.json"
+    return Path(override) if override else VENDORED
+
+
+def read_description(path: Path) -> dict[str, Any]:
+    """The description at ``path`` (gzipped when it ends in ``.gz``); :class:`MissingDescription` when absent."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        hint = f"unset {ENV_VAR}" if os.environ.get(ENV_VAR) else f"restore tests/data/{VENDORED.name} from git"
+        raise MissingDescription(
+            f"Discord's OpenAPI description is missing at {path}; requests cannot be validated without it ({hint})"
+        ) from None
+    description: dict[str, Any] = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    return description
 
 
 @dataclass(frozen=True)
@@ -95,20 +109,14 @@ class OpenApiValidator:
         self._validators: dict[tuple[str, str], Draft202012Validator | None] = {}
 
     @classmethod
-    def load(cls, path: Path | None = None) -> OpenApiValidator | None:
-        """The validator for the description at ``path``; None (with a warning) when it is missing.
+    def load(cls, path: Path | None = None) -> OpenApiValidator:
+        """The validator for the description at ``path``; raises :class:`MissingDescription` when it is missing.
 
         Validators are shared per file: parsing the 1 MB description costs more than a test's requests.
         """
         path = (path or default_spec_path()).resolve()
-        if path in _loaded:
-            return _loaded[path]
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            log.warning("Discord OpenAPI description not found at %s: request bodies are not validated", path)
-            return None
-        _loaded[path] = cls(spec)
+        if path not in _loaded:
+            _loaded[path] = cls(read_description(path))
         return _loaded[path]
 
     def operation_path(self, path: str) -> str | None:

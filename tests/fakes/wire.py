@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,15 @@ MESSAGE_ROUTES = {
 CALLBACK_ROUTE = "POST /interactions/{interaction_id}/{token}/callback"
 
 
+@dataclass(frozen=True)
+class Fault:
+    """An injected error answer; ``after_effect``: the request is carried out first, then answered with it."""
+
+    status: int
+    retry_after: float
+    after_effect: bool = False
+
+
 class RestFrontDoor:
     """Serves ``/api/v10/...`` for a :class:`FakeDiscord`; records every request in ``fake.requests``."""
 
@@ -42,19 +52,21 @@ class RestFrontDoor:
         self._routes = routes
         self.validator = validator
         self._validate_bodies = validate
-        self._failures: dict[str, list[tuple[int, float]]] = {}
+        self._failures: dict[str, list[Fault]] = {}
 
-    def fail_next(self, route: str, status: int, times: int, retry_after: float) -> None:
+    def fail_next(self, route: str, status: int, times: int, retry_after: float, *, after_effect: bool) -> None:
         names = sorted(spec.name for spec in self._routes)
         if route not in names:
             raise ValueError(f"unknown route {route!r}; known: {names}")
-        self._failures.setdefault(route, []).extend([(status, retry_after)] * times)
+        self._failures.setdefault(route, []).extend([Fault(status, retry_after, after_effect)] * times)
 
     async def handle(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["tail"]
         spec = self._match(request.method, path)
         record = RecordedRequest(request.method, path, spec.name if spec else "UNKNOWN", dict(request.query))
         self._fake.requests.append(record)
+        if spec is None:
+            self._record_unknown(record)
         try:
             record.json, record.files = await read_body(request)
             reply = await self._answer(spec, record)
@@ -67,9 +79,14 @@ class RestFrontDoor:
     async def handle_outside_api(self, request: web.Request) -> web.Response:
         record = RecordedRequest(request.method, request.path, "UNKNOWN", dict(request.query), status=404)
         self._fake.requests.append(record)
-        log.warning("fake Discord: request outside the API: %s %s", request.method, request.path)
+        self._record_unknown(record)
         self._fake.notify()
         return to_response(Reply(status=404, body=NOT_FOUND))
+
+    def _record_unknown(self, record: RecordedRequest) -> None:
+        """A request no served route matches (answered 404, like Discord): kept for the test to fail on."""
+        log.warning("fake Discord: unknown route %s %s", record.method, record.path)
+        self._fake.unknown_routes.append(f"{record.method} {record.path}")
 
     async def serve_attachment(self, request: web.Request) -> web.Response:
         """The CDN: GET /attachments/{channel_id}/{attachment_id}/{filename} (discord.Attachment.read())."""
@@ -85,11 +102,11 @@ class RestFrontDoor:
 
     async def _answer(self, spec: RouteSpec | None, record: RecordedRequest) -> Reply:
         if spec is None:
-            log.warning("fake Discord: unknown route %s %s", record.method, record.path)
             return Reply(status=404, body=NOT_FOUND)
         failures = self._failures.get(spec.name)
-        if failures:
-            return failure_reply(*failures.pop(0))
+        fault = failures.pop(0) if failures else None
+        if fault is not None and not fault.after_effect:
+            return failure_reply(fault.status, fault.retry_after)
         errors = self._validate(spec, record)
         if errors:
             self._fake.validation_errors.extend(f"{spec.name}: {error}" for error in errors)
@@ -97,7 +114,11 @@ class RestFrontDoor:
         match = spec.pattern.match(record.path)
         assert match is not None
         call = Call(match.groupdict(), record.query, record.json, record.files, record)
-        return await spec.handler(self._fake, call)
+        reply = await spec.handler(self._fake, call)
+        if fault is not None:  # it took effect; only the answer is lost
+            log.info("fake Discord: %s took effect, answering %s", spec.name, fault.status)
+            return failure_reply(fault.status, fault.retry_after)
+        return reply
 
     def _validate(self, spec: RouteSpec, record: RecordedRequest) -> list[BodyError]:
         """OpenAPI errors of the body, plus Discord's limits on bots' messages."""
