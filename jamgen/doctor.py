@@ -61,10 +61,12 @@ def check_ffmpeg(probes: Probes = DEFAULT_PROBES) -> Check:
 
 
 def check_settings() -> Check:
+    from generation.redis.settings import RedisSettings
     from generation.settings import EngineSettings
 
     try:
         settings = EngineSettings()
+        RedisSettings()
     except ValidationError as exc:
         from generation.jobs import describe_validation_error
 
@@ -118,10 +120,50 @@ def check_model(model: str | None) -> Check:
     return Check("model", True, f"{backend.model_id} loads: {backend.sample_rate} Hz, up to {backend.max_duration:g} s")
 
 
+AOF_FIX = (
+    "turn on Redis' append-only file: `appendonly yes` in redis.conf (or CONFIG SET appendonly yes, then "
+    "CONFIG REWRITE); without it a crash loses every job queued since the last snapshot"
+)
+
+
+def check_redis(url: str) -> Check:
+    """Scaled out (``REDIS_URL`` set): Redis answers, and keeps what it acknowledged (AOF on)."""
+    from redis import Redis
+    from redis.exceptions import RedisError, ResponseError
+
+    client = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        version = client.info("server").get("redis_version", "?")
+        try:
+            appendonly = client.config_get("appendonly").get("appendonly")
+        except ResponseError:  # a managed Redis may refuse CONFIG
+            return Check("redis", True, f"Redis {version}; CONFIG is refused here, so check that AOF is on yourself")
+    except RedisError as exc:
+        return Check("redis", False, f"cannot reach REDIS_URL: {exc}", "start Redis, or fix REDIS_URL in .env")
+    finally:
+        client.close()
+    if appendonly != "yes":
+        return Check("redis", False, f"Redis {version} runs with appendonly {appendonly}", AOF_FIX)
+    return Check("redis", True, f"Redis {version}, append-only file on")
+
+
+def _redis_url() -> str | None:
+    from generation.redis.settings import RedisSettings
+
+    try:
+        url = RedisSettings().url
+    except ValidationError:
+        return None  # the settings check says what is wrong
+    return None if url is None else url.get_secret_value()
+
+
 def run_doctor(model: str | None, skip_model: bool = False, probes: Probes = DEFAULT_PROBES) -> int:
     checks: list[Callable[[], Check]] = [
         check_python, check_torch, lambda: check_ffmpeg(probes), check_settings, lambda: check_disk(probes),
     ]
+    redis_url = _redis_url()
+    if redis_url is not None:
+        checks.append(lambda: check_redis(redis_url))
     if not skip_model:
         checks.append(lambda: check_model(model))
     problems = 0

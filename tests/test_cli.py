@@ -6,6 +6,7 @@ generated batches are module fixtures shared by the tests that read them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.helpers import decode
+from tests.redis_server import RedisServer
 
 JAMGEN = Path(sys.executable).with_name("jamgen")
 PROMPTS = ("lofi slow bpm electro chill", "crazy EDM, heavy bang")
@@ -157,6 +160,26 @@ def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert any(line.startswith(f"[ok ] {name}: ") for line in lines), f"no ok line for {name}:\n{result.stdout}"
     assert "FIX" not in result.stdout
     assert lines[-1] == "all good"
+
+
+async def test_doctor_checks_that_redis_keeps_what_it_acknowledged(
+    redis_server: RedisServer, redis_client: Redis, tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": redis_server.url}
+    good = await asyncio.to_thread(jamgen, "doctor", "--skip-model", cwd=tmp_path, env=env)
+    assert any(line.startswith("[ok ] redis: ") and "append-only file on" in line
+               for line in good.stdout.splitlines()), good.stdout
+    await redis_client.config_set("appendonly", "no")
+    try:
+        bad = await asyncio.to_thread(jamgen, "doctor", "--skip-model", cwd=tmp_path, env=env)
+    finally:
+        await redis_client.config_set("appendonly", "yes")
+    assert bad.returncode == 1
+    assert "[FIX] redis: " in bad.stdout and "appendonly yes" in bad.stdout, bad.stdout
+    unreachable = await asyncio.to_thread(
+        jamgen, "doctor", "--skip-model", cwd=tmp_path, env={"REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
+    assert "[FIX] redis: cannot reach REDIS_URL" in unreachable.stdout, unreachable.stdout
 
 
 def test_doctor_names_the_fix_for_a_bad_model(tmp_path: Path) -> None:
