@@ -9,7 +9,7 @@ import signal
 from generation.errors import GenerationError
 from generation.redis import RedisJobs
 from generation.redis.settings import RedisSettings
-from generation.redis.worker import RedisWorker, WorkerTimings
+from generation.redis.worker import RedisWorker
 from generation.settings import EngineSettings
 from generation.worker import Engine
 
@@ -27,15 +27,11 @@ async def run_worker(engine_settings: EngineSettings, redis_settings: RedisSetti
         redis_settings.url.get_secret_value(), prefix=redis_settings.prefix,
         attempts=engine_settings.job_attempts, keep_seconds=redis_settings.keep_seconds,
     )
-    timings = WorkerTimings(
-        heartbeat=redis_settings.heartbeat, reclaim_after=redis_settings.reclaim_after,
-        reap_every=redis_settings.heartbeat,
-    )
     try:
         async with Engine(engine_settings) as engine:
             log.info("loading %s", engine_settings.model)
             await engine.warm_up()
-            worker = RedisWorker(jobs, engine, timings=timings)
+            worker = RedisWorker(jobs, engine, timings=redis_settings.timings())
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, worker.stop)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
 from generation.admission import UserLimits
 from generation.jobs import JobRequest
 from generation.redis import Lease, RedisJobs
@@ -21,3 +26,13 @@ async def put(jobs: RedisJobs, job_id: str, owner: str | None, model: str = MODE
 
 def ids(leases: list[Lease]) -> list[str]:
     return [lease.job_id for lease in leases]
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0, explain: Callable[[], str] = str) -> None:
+    """Poll ``check`` until it holds; fail the test after ``timeout`` seconds, with ``explain()`` appended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s\n{explain()}")
+        await asyncio.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bot_harness import World, running_bot
+from tests.bot_harness import World, job_of, running_bot
 from tests.fakes.discord import FakeMessage
 from tests.helpers import FaultyBackend, decode, tiny_backend
 
@@ -13,10 +13,6 @@ EPHEMERAL = 64
 
 def fields_of(post: FakeMessage) -> dict[str, str]:
     return {field["name"]: field["value"] for field in post.embeds[0]["fields"]}
-
-
-def job_of(post: FakeMessage) -> str:
-    return str(post.embeds[0]["footer"]["text"].split()[1])
 
 
 async def first_track(world: World, **options: object) -> FakeMessage:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from generation.admission import UserLimits
 from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
+from tests.redis_helpers import NO_LIMITS, until
 from tests.redis_server import RedisServer
 
-LIMITS = UserLimits(max_active=50, rate_count=50, rate_window=60.0, queue_cap=100)
 REPO = Path(__file__).resolve().parent.parent
+WORKERS_TIMEOUT = 240.0  # seconds: workers are processes that load the model first
 
 
 class Workers:
@@ -83,16 +83,8 @@ def request(model_dir: Path, index: int, duration: float) -> JobRequest:
 async def admit(jobs: RedisJobs, model_dir: Path, count: int, duration: float) -> list[str]:
     ids: list[str] = []
     for index in range(count):
-        ids += await jobs.admit([request(model_dir, index, duration)], limits=LIMITS)
+        ids += await jobs.admit([request(model_dir, index, duration)], limits=NO_LIMITS)
     return ids
-
-
-async def wait_for(jobs: RedisJobs, workers: Workers, check: object, timeout: float = 240.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out; worker logs:\n{workers.logs()}")
-        await asyncio.sleep(0.1)
 
 
 async def finished(jobs: RedisJobs, ids: list[str]) -> Counter[str]:
@@ -109,7 +101,7 @@ async def test_two_workers_share_the_jobs_and_batch_them(
     async def all_done() -> bool:
         return len(await finished(redis_jobs, ids)) == len(ids)
 
-    await wait_for(redis_jobs, workers, all_done)
+    await until(all_done, WORKERS_TIMEOUT, workers.logs)
     assert await finished(redis_jobs, ids) == Counter(dict.fromkeys(ids, 1)), "each job finishes exactly once"
     records = [await redis_jobs.job(job_id) for job_id in ids]
     by_worker = Counter(record.worker for record in records if record is not None)
@@ -128,7 +120,7 @@ async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
         records = [await redis_jobs.job(job_id) for job_id in ids]
         return any(record is not None and record.progress is not None for record in records)
 
-    await wait_for(redis_jobs, workers, running)
+    await until(running, WORKERS_TIMEOUT, workers.logs)
     workers.kill9()
     await asyncio.sleep(1.0)
     assert await finished(redis_jobs, ids) == Counter(), "nothing is delivered while no worker lives"
@@ -137,7 +129,7 @@ async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
     async def all_done() -> bool:
         return len(await finished(redis_jobs, ids)) == len(ids)
 
-    await wait_for(redis_jobs, workers, all_done)
+    await until(all_done, WORKERS_TIMEOUT, workers.logs)
     assert await finished(redis_jobs, ids) == Counter(dict.fromkeys(ids, 1)), "each job finishes exactly once"
     records = [await redis_jobs.job(job_id) for job_id in ids]
     assert {record.attempt for record in records if record is not None} == {2}, "every job ran again"

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from generation.admission import UserLimits
 from generation.backends.base import Backend
 from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
 from generation.redis.results import unpack
-from generation.redis.worker import RedisWorker, WorkerTimings
+from generation.redis.settings import WorkerTimings
+from generation.redis.worker import RedisWorker
 from generation.settings import EngineSettings
 from generation.worker import Engine
 from tests.helpers import FaultyBackend, decode, tiny_backend
+from tests.redis_helpers import NO_LIMITS, until
 
-LIMITS = UserLimits(max_active=50, rate_count=50, rate_window=60.0, queue_cap=100)
 FAST = WorkerTimings(heartbeat=0.2, reclaim_after=30.0, reap_every=60.0, poll=0.2, retry=0.05, grace=30.0)
 
 
@@ -53,13 +53,6 @@ def request(model_dir: Path, prompt: str, owner: str = "alice", duration: float 
                              format=OutputFormat.WAV, seed=7)
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def ended(jobs: RedisJobs, job_ids: list[str]) -> dict[str, str]:
     """job id -> kind of its events (finished, failed...), for the jobs that have one."""
     return {event.job_id: event.kind for event in await jobs.events() if event.job_id in job_ids}
@@ -70,7 +63,7 @@ async def test_jobs_are_taken_batched_and_their_files_stored(
 ) -> None:
     ids = []
     for owner in ("alice", "bob", "carol"):
-        ids += await redis_jobs.admit([request(tiny_model_dir, f"{owner} tune", owner)], limits=LIMITS)
+        ids += await redis_jobs.admit([request(tiny_model_dir, f"{owner} tune", owner)], limits=NO_LIMITS)
     async with serving(redis_jobs, backend, tiny_model_dir) as (worker, wrapped):
         await until(lambda: _all_ended(redis_jobs, ids))
     assert await ended(redis_jobs, ids) == dict.fromkeys(ids, "finished")
@@ -87,10 +80,10 @@ async def test_jobs_are_taken_batched_and_their_files_stored(
 async def test_a_job_queued_while_a_batch_runs_joins_it(
     redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
 ) -> None:
-    first = await redis_jobs.admit([request(tiny_model_dir, "long one", duration=4.0)], limits=LIMITS)
+    first = await redis_jobs.admit([request(tiny_model_dir, "long one", duration=4.0)], limits=NO_LIMITS)
     async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
         await until(lambda: _progressed(redis_jobs, first[0]))
-        late = await redis_jobs.admit([request(tiny_model_dir, "late one", "bob")], limits=LIMITS)
+        late = await redis_jobs.admit([request(tiny_model_dir, "late one", "bob")], limits=NO_LIMITS)
         await until(lambda: _all_ended(redis_jobs, first + late))
     assert wrapped.joined[0] == ["late one"], (wrapped.batches, wrapped.joined)
 
@@ -98,10 +91,10 @@ async def test_a_job_queued_while_a_batch_runs_joins_it(
 async def test_stopping_gives_back_the_jobs_that_had_not_started(
     redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
 ) -> None:
-    running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=LIMITS)
+    running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=NO_LIMITS)
     async with serving(redis_jobs, backend, tiny_model_dir, max_batch=1) as (worker, _):
         await until(lambda: _progressed(redis_jobs, running[0]))
-        waiting = await redis_jobs.admit([request(tiny_model_dir, "waiting", "bob")], limits=LIMITS)
+        waiting = await redis_jobs.admit([request(tiny_model_dir, "waiting", "bob")], limits=NO_LIMITS)
         await asyncio.sleep(0.5)  # one row: the second job stays in Redis, not taken
         assert worker.held == running
     assert await ended(redis_jobs, running) == {running[0]: "finished"}
@@ -113,7 +106,7 @@ async def test_stopping_gives_back_the_jobs_that_had_not_started(
 async def test_a_worker_that_lost_its_job_publishes_nothing_for_it(
     redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
 ) -> None:
-    ids = await redis_jobs.admit([request(tiny_model_dir, "stolen", duration=4.0)], limits=LIMITS)
+    ids = await redis_jobs.admit([request(tiny_model_dir, "stolen", duration=4.0)], limits=NO_LIMITS)
     async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
         await until(lambda: _progressed(redis_jobs, ids[0]))
         reclaimed = await redis_jobs.reclaim("reaper", min_idle=0)  # as if worker-a had stopped heart-beating

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generation.redis.keys import DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class WorkerTimings:
+    """A worker's timings, in seconds. ``reclaim_after`` must be several heartbeats: it is how long a
+    job may go without one before another worker takes it back."""
+
+    heartbeat: float = 5.0
+    reclaim_after: float = 30.0
+    reap_every: float = 5.0
+    poll: float = 1.0  # the longest wait between takes while rows are free (should a wake-up be lost)
+    retry: float = 0.5  # the first wait after a Redis error; doubles up to ``heartbeat``
+    grace: float = 120.0  # at shutdown, how long running jobs may finish before they are given back
+
+    def __post_init__(self) -> None:
+        if self.reclaim_after < 3 * self.heartbeat:
+            raise ValueError("JAMGEN_RECLAIM_AFTER must be at least three heartbeats (JAMGEN_HEARTBEAT)")
 
 
 class RedisSettings(BaseSettings):
@@ -29,10 +48,13 @@ class RedisSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _reclaim_after_several_heartbeats(self) -> RedisSettings:
-        if self.reclaim_after < 3 * self.heartbeat:
-            raise ValueError("JAMGEN_RECLAIM_AFTER must be at least three heartbeats (JAMGEN_HEARTBEAT)")
+    def _timings_hold(self) -> RedisSettings:
+        self.timings()  # raises when the timings cannot work together
         return self
+
+    def timings(self) -> WorkerTimings:
+        """A worker's timings from these settings; the reaper runs once a heartbeat."""
+        return WorkerTimings(heartbeat=self.heartbeat, reclaim_after=self.reclaim_after, reap_every=self.heartbeat)
 
     @property
     def enabled(self) -> bool:

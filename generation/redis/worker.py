@@ -20,10 +20,9 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -31,26 +30,11 @@ from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, 
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Lease
 from generation.redis.results import pack
+from generation.redis.settings import WorkerTimings
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorkerTimings:
-    """Seconds. ``reclaim_after`` must be several heartbeats: it is how long a job may go unbeaten."""
-
-    heartbeat: float = 5.0
-    reclaim_after: float = 30.0
-    reap_every: float = 5.0
-    poll: float = 1.0  # the longest wait between takes while rows are free (should a wake-up be lost)
-    retry: float = 0.5  # the first wait after a Redis error; doubles up to ``heartbeat``
-    grace: float = 120.0  # at shutdown, how long running jobs may finish before they are given back
-
-    def __post_init__(self) -> None:
-        if self.reclaim_after < 3 * self.heartbeat:
-            raise ValueError("reclaim_after must be at least three heartbeats")
 
 
 def worker_name() -> str:
@@ -142,11 +126,8 @@ class RedisWorker:
             return
         self._spawn(self._follow(lease, handle), lease.job_id)
 
-    def _spawn(self, work: Awaitable[None], job_id: str) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.create_task(run(), name=f"jamgen-follow-{job_id}")
+    def _spawn(self, work: Coroutine[Any, Any, None], job_id: str) -> None:
+        task = asyncio.create_task(work, name=f"jamgen-follow-{job_id}")
         self._followers.add(task)
         task.add_done_callback(self._followers.discard)
 
