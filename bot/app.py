@@ -6,12 +6,15 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 from typing import Any
 
 import discord
 import yarl
 from discord import app_commands
 from discord.ext import commands
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot.errors import report
 from bot.exts import EXTENSIONS
@@ -19,10 +22,14 @@ from bot.housekeeping import prune_forever
 from bot.pipeline import Pipeline
 from bot.recovery import recover
 from bot.settings import BotSettings
+from bot.shared import SharedState
 from bot.store import Store
 from bot.ui.buttons import result_view
 from generation.errors import ModelLoadError
 from generation.models import resolve_model_id
+from generation.redis import RedisJobs
+from generation.redis.remote import RemoteEngine
+from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory, Engine
 
@@ -44,8 +51,10 @@ class JamBot(commands.Bot):
         engine_settings: EngineSettings,
         *,
         backend_factory: BackendFactory | None = None,
+        redis: RedisSettings | None = None,
         **options: Any,
     ) -> None:
+        """``redis`` with a URL: jobs go to Redis, for ``jamgen worker`` hosts; else an in-process engine."""
         if settings.application_id is not None:  # else discord.py asks Discord at login
             options["application_id"] = settings.application_id
         intents = discord.Intents.none()
@@ -56,12 +65,18 @@ class JamBot(commands.Bot):
         )
         point_discord_at(settings.api_base_url, settings.gateway_url)
         self.settings = settings
-        self.engine = Engine(engine_settings, backend_factory=backend_factory)
-        self.store = Store(engine_settings.data_dir / "jamgen.sqlite3")
-        self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
         self.models = list(dict.fromkeys(resolve_model_id(name) for name in settings.models or [engine_settings.model]))
+        self.engine: Engine | RemoteEngine
+        self.shared: SharedState | None = None
+        if redis is not None and redis.url is not None:
+            self.engine = _remote(engine_settings, redis, self.models)
+            self.shared = SharedState(self.engine.redis.client, self.engine.redis.keys)
+        else:
+            self.engine = Engine(engine_settings, backend_factory=backend_factory)
+        self.store = Store(engine_settings.data_dir / "jamgen.sqlite3", shared=self.shared)
+        self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
         self._warm_up: asyncio.Task[None] | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []  # run until close() cancels them
         self._closing = False
 
     async def setup_hook(self) -> None:
@@ -72,10 +87,15 @@ class JamBot(commands.Bot):
             await self.load_extension(extension)
         await self.sync_commands()
         await recover(self.pipeline)  # before the gateway connects: resumed jobs keep their place
-        self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
-        self._housekeeping = asyncio.create_task(
+        if isinstance(self.engine, Engine):  # on Redis, the workers load the models
+            self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
+        self._background.append(asyncio.create_task(
             prune_forever(self.store, self.settings.retention_days), name="jamgen-housekeeping"
-        )
+        ))
+        if self.shared is not None:
+            self._background.append(asyncio.create_task(
+                self.shared.follow(self.store.apply_shared), name="jamgen-guild-settings"
+            ))
 
     async def _load_model(self) -> None:
         """Load the model in the background: the bot answers (and queues) while it loads."""
@@ -95,11 +115,19 @@ class JamBot(commands.Bot):
             return
         payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        if await self.store.get_meta(COMMANDS_HASH) == digest:
+        try:
+            unchanged = await self.store.get_meta(COMMANDS_HASH) == digest
+        except RedisError as exc:
+            log.warning("could not read the command hash (%s); syncing", exc)
+            unchanged = False
+        if unchanged:
             log.info("commands unchanged since the last sync; not syncing")
             return
         synced = await self.tree.sync()
-        await self.store.set_meta(COMMANDS_HASH, digest)
+        try:
+            await self.store.set_meta(COMMANDS_HASH, digest)
+        except RedisError as exc:
+            log.warning("could not save the command hash (%s); the next start syncs again", exc)
         log.info("synced %d global commands", len(synced))
 
     async def on_app_command_error(
@@ -116,12 +144,23 @@ class JamBot(commands.Bot):
             self._closing = True
             log.info("shutting down")
             try:
-                if self._housekeeping is not None:
-                    self._housekeeping.cancel()
-                    await asyncio.gather(self._housekeeping, return_exceptions=True)
+                for task in self._background:
+                    task.cancel()
+                await asyncio.gather(*self._background, return_exceptions=True)
                 await self.pipeline.shutdown(self.settings.shutdown_grace)
                 if self._warm_up is not None:
                     await self._warm_up
             finally:
                 await self.store.close()
+                if isinstance(self.engine, RemoteEngine):
+                    await self.engine.redis.aclose()
         await super().close()
+
+
+def _remote(engine_settings: EngineSettings, redis: RedisSettings, models: list[str]) -> RemoteEngine:
+    assert redis.url is not None
+    # timeouts: a Redis that hangs must not hold up a slash command (the inbox blocks 1 s at most)
+    client = Redis.from_url(redis.url.get_secret_value(), socket_timeout=5.0, socket_connect_timeout=2.0)
+    jobs = RedisJobs(client, prefix=redis.prefix, attempts=engine_settings.job_attempts,
+                     keep_seconds=redis.keep_seconds)
+    return RemoteEngine(engine_settings, jobs, name=redis.bot_name or socket.gethostname(), models=models)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import discord
 from bot.delivery import Post, deliver, file_name, find_post, save_audio
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
-from bot.recovery import kept_audio, timing_of
+from bot.recovery import kept_audio, reply_of, timing_of
 from bot.reply import Reply
 from bot.settings import BotSettings
 from bot.store import GuildSettings, Store
@@ -30,6 +31,7 @@ from generation.admission import Admission, UserLimits, estimate_waits, estimate
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
+from generation.redis.remote import RemoteEngine
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ class Asker:
 
 class Pipeline:
     def __init__(
-        self, client: discord.Client, engine: Engine, store: Store, settings: BotSettings, view_factory: ViewFactory,
+        self, client: discord.Client, engine: Engine | RemoteEngine, store: Store, settings: BotSettings,
+        view_factory: ViewFactory,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -70,6 +73,9 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress: dict[str, tuple[float, float]] = {}  # job id -> (fraction, when)
         self.audio_dir = engine.settings.data_dir / "audio"
+        self._look_first: set[str] = set()  # adopted jobs: another process may have posted them already
+        if isinstance(engine, RemoteEngine):
+            engine.adopt = self._adopt
         self._snapshot_at: tuple[float, tuple[dict[str, int], dict[str, tuple[float, float]] | None]] | None = None
 
     # -- limits ---------------------------------------------------------------------------
@@ -96,37 +102,57 @@ class Pipeline:
             if ticket.user_id == user_id and (guild_id is None or ticket.guild_id == guild_id)
         ]
 
-    def admit(self, asker: Asker, jobs: int, title: str, interaction: discord.Interaction) -> Ticket:
-        """Check every limit synchronously (before the deferral) and reserve a ticket."""
+    async def admit(
+        self, asker: Asker, requests: Sequence[JobRequest], title: str, interaction: discord.Interaction
+    ) -> Ticket:
+        """Check every limit (before the deferral: a refusal is instant) and reserve a ticket.
+
+        In process, the limits are checked here and the jobs are submitted by :meth:`launch`. On Redis
+        the check, the charge and the queueing are one step there, shared by every bot process.
+        """
         if not self.accepting:
             raise UserError("The bot is restarting; try again in a minute.")
         guild = self.store.guild(asker.guild_id)
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
-        reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
-        active = len(self.tickets_of(asker.user_id, asker.guild_id))
-        self.admission.admit(
-            f"{asker.guild_id}:{asker.user_id}", self.limits(guild), active=active,
-            queued_total=len(self.engine.positions()) + reserved + jobs - 1, exempt=exempt,
-        )
-        ticket = Ticket(Reply.of(interaction), title, reserved=jobs)
+        key, limits = f"{asker.guild_id}:{asker.user_id}", self.limits(guild)
+        ticket = Ticket(Reply.of(interaction), title, reserved=len(requests))
+        if isinstance(self.engine, RemoteEngine):
+            job_ids = [secrets.token_hex(6) for _ in requests]
+            metas = [self._record(ticket, job_id, request).model_dump_json()
+                     for job_id, request in zip(job_ids, requests, strict=True)]
+            ticket.handles += await self.engine.admit(
+                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids
+            )
+            ticket.reserved = 0
+        else:
+            reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
+            active = len(self.tickets_of(asker.user_id, asker.guild_id))
+            self.admission.admit(
+                key, limits, active=active, queued_total=len(self.engine.positions()) + reserved + len(requests) - 1,
+                exempt=exempt,
+            )
         self._tickets.add(ticket)
         return ticket
 
     def release(self, ticket: Ticket, refund: bool = False) -> None:
+        """Forget the ticket; with ``refund`` (it never started), its jobs leave the queue and its charge is
+        given back (in process; Redis keeps the rate charge)."""
         self._tickets.discard(ticket)
         if refund:
-            self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}")
+            for handle in ticket.handles:
+                self.engine.cancel(handle.id, "not queued")
+            if not isinstance(self.engine, RemoteEngine):
+                self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}")
 
     # -- launching --------------------------------------------------------------------------
     async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> None:
         """Submit the ticket's jobs and journal them (before the user reads "queued"), then follow them."""
         try:
-            for request in requests:
-                ticket.handles.append(self.engine.submit(request))
-            await self.store.journal.add(self._record(ticket, handle) for handle in ticket.handles)
+            if isinstance(self.engine, Engine):
+                for request in requests:
+                    ticket.handles.append(self.engine.submit(request))
+            await self.store.journal.add(self._record(ticket, handle.id, handle.request) for handle in ticket.handles)
         except Exception as exc:
-            for handle in ticket.handles:
-                self.engine.cancel(handle.id, "not queued")
             self.release(ticket, refund=True)
             await ticket.reply.edit_status(f"❌ {user_message(exc)}"[:2000])
             return
@@ -142,11 +168,11 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    def _record(ticket: Ticket, handle: JobHandle) -> JobRecord:
+    def _record(ticket: Ticket, job_id: str, request: JobRequest) -> JobRecord:
         reply = ticket.reply
         return JobRecord(
-            job_id=handle.id, ticket_id=ticket.id, guild_id=reply.guild_id, channel_id=reply.channel_id,
-            user_id=reply.user_id, request=handle.request, title=ticket.title, application_id=reply.application_id,
+            job_id=job_id, ticket_id=ticket.id, guild_id=reply.guild_id, channel_id=reply.channel_id,
+            user_id=reply.user_id, request=request, title=ticket.title, application_id=reply.application_id,
             token=reply.token, interaction_at=reply.interaction_at, created_at=time.time(),
         )
 
@@ -178,6 +204,8 @@ class Pipeline:
                 status.set(lambda: self._render(ticket))
 
         await self._guard(ticket, handle.id, status, events())
+        if isinstance(self.engine, RemoteEngine):
+            await self.engine.settled(handle.id)  # posted, or its user told why not: not read again
 
     async def _guard(self, ticket: Ticket, job_id: str, status: ThrottledEditor, work: Awaitable[None]) -> None:
         """The job pipeline's error boundary: whatever fails, the user reads why (with an error id)."""
@@ -223,6 +251,10 @@ class Pipeline:
     async def _deliver(
         self, ticket: Ticket, job_id: str, request: JobRequest, audio: EncodedAudio, timing: Timing
     ) -> None:
+        if job_id in self._look_first and await find_post(ticket.reply, job_id) is not None:
+            await self.store.journal.move(job_id, State.DELIVERED, detail="found posted already")
+            ticket.set_line(job_id, ended_line("done", "posted"))
+            return
         ticket.set_line(job_id, "📤 uploading")
         path = await save_audio(self.audio_dir, job_id, audio)
         await self.store.journal.move(job_id, State.DELIVERING, audio_path=str(path))
@@ -235,6 +267,7 @@ class Pipeline:
                     self._view_factory(job_id))
         done = await deliver(ticket.reply, post)
         await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
+        self._look_first.discard(job_id)
         where = "below" if done.via == "followup" else "in the channel"
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
@@ -299,9 +332,7 @@ class Pipeline:
 
     def _compute_waits(self) -> dict[str, tuple[float, float]] | None:
         """ETAs for the engine's batching: rows that free one by one (continuous), or closed batches (static)."""
-        positions = self.engine.positions()
-        queued = sorted((job for job in self.engine.jobs() if job.id in positions), key=lambda job: positions[job.id])
-        queue = [(job.id, job.request.duration) for job in queued]
+        queue = self.engine.waiting()
         left = [self._left(job) or 0.0 for job in self.engine.jobs() if job.state is JobState.RUNNING]
         rate, max_batch = self.engine.throughput.rate, self.engine.settings.max_batch
         if self.engine.settings.batching == "continuous":
@@ -313,6 +344,9 @@ class Pipeline:
         """Refuse new work; queued jobs keep their place in the journal; the running batch gets ``grace`` s."""
         self.accepting = False
         self.stopping = True
+        if isinstance(self.engine, RemoteEngine):
+            await self._shutdown_remote(grace)
+            return
         for handle in self.engine.jobs():
             if handle.state is JobState.QUEUED:
                 self.engine.cancel(handle.id, "paused")
@@ -324,3 +358,30 @@ class Pipeline:
         await asyncio.gather(*running, return_exceptions=True)
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _shutdown_remote(self, grace: float) -> None:
+        """On Redis the jobs go on without this process: stop following them (their ends wait in the inbox)
+        and give the posts under way ``grace`` s."""
+        await self.engine.close("paused")
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- adopting (Redis) -----------------------------------------------------------------------
+    async def _adopt(self, job_id: str, request: JobRequest, meta: str | None) -> JobHandle | None:
+        """Follow a job another run of the bot admitted: from this journal, else from the job's own record."""
+        assert isinstance(self.engine, RemoteEngine)
+        record = await self.store.journal.get(job_id)
+        if record is not None and (record.state.done or record.state is State.DELIVERING):
+            return None  # posted, or its kept audio is delivered by recovery
+        if record is None:
+            if meta is None:
+                return None
+            record = JobRecord.model_validate_json(meta, context={"stored": True})
+            await self.store.journal.add([record])
+            self._look_first.add(job_id)  # its first bot may have posted it before it stopped
+        ticket = Ticket(reply_of(self.client, record), record.title, reserved=0, id=record.ticket_id)
+        ticket.handles.append(self.engine.attach(job_id, request))
+        self.follow(ticket)
+        return ticket.handles[0]

@@ -20,11 +20,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import aiofiles
+import discord
 
 from bot.journal import JobRecord, State
 from bot.reply import Reply
 from bot.tickets import Ticket, Timing, ended_line
 from generation.encode import EncodedAudio, probe
+from generation.redis.remote import RemoteEngine
 
 if TYPE_CHECKING:
     from bot.pipeline import Pipeline
@@ -53,19 +55,22 @@ def _by_ticket(records: Iterable[JobRecord]) -> dict[str, list[JobRecord]]:
     return tickets
 
 
-def _reply(pipeline: Pipeline, record: JobRecord) -> Reply:
+def reply_of(client: discord.Client, record: JobRecord) -> Reply:
+    """Where a journaled job's messages go."""
     return Reply(
-        pipeline.client, record.application_id or 0, record.token or "", record.interaction_at or record.created_at,
+        client, record.application_id or 0, record.token or "", record.interaction_at or record.created_at,
         record.user_id, record.guild_id, record.channel_id, record.status_message_id,
     )
 
 
 async def _resume(pipeline: Pipeline, records: list[JobRecord]) -> None:
-    ticket = Ticket(_reply(pipeline, records[0]), records[0].title, reserved=0, id=records[0].ticket_id)
+    ticket = Ticket(reply_of(pipeline.client, records[0]), records[0].title, reserved=0, id=records[0].ticket_id)
     kept: list[JobRecord] = []
     for record in records:
         if await _is_kept(record.audio_path):
             kept.append(record)
+        elif isinstance(pipeline.engine, RemoteEngine):  # still in Redis: follow it again
+            ticket.handles.append(pipeline.engine.attach(record.job_id, record.request))
         elif await _may_run_again(pipeline, ticket, record):
             ticket.handles.append(pipeline.engine.submit(record.request, job_id=record.job_id))
     if ticket.handles:

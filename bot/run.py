@@ -13,19 +13,20 @@ import discord
 
 from bot.errors import ConfigError
 from bot.preflight import DEFAULT_PROBES, Probes, preflight
-from bot.settings import load_settings
+from bot.settings import load_redis_settings, load_settings
 
 log = logging.getLogger("jamgen")
 
 
 async def serve(env_file: Path | None = Path(".env"), probes: Probes = DEFAULT_PROBES) -> int:
     settings, engine_settings = load_settings(env_file)
+    redis = load_redis_settings(env_file)
     preflight(settings.default_format, engine_settings.data_dir, probes)
     # After the preflight: bot.app needs PyAV, whose absence the preflight explains. It imports torch-free
     # code only; the model loads in the background.
     from bot.app import JamBot
 
-    bot = JamBot(settings, engine_settings)
+    bot = JamBot(settings, engine_settings, redis=redis)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

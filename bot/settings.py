@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
 from generation.jobs import OutputFormat
+from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,14 @@ def _describe(exc: ValidationError) -> str:
         return TOKEN_HELP.format(problem=what, permissions=INVITE_PERMISSIONS.value)
     lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
     return "Invalid settings (see .env.example):\n" + "\n".join(lines)
+
+
+def load_redis_settings(env_file: Path | None = Path(".env")) -> RedisSettings:
+    """The Redis settings (``REDIS_URL`` unset: the embedded mode); :class:`ConfigError` when they are wrong."""
+    try:
+        return RedisSettings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
 
 
 def env_file_exposure(env_file: Path | None) -> str | None:

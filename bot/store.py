@@ -8,16 +8,20 @@ through; the journal is read when needed (a button press, a restart).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 
 from bot.journal import SCHEMA as JOURNAL_SCHEMA
 from bot.journal import Journal
 from generation.jobs import OutputFormat
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guild_settings (guild_id INTEGER PRIMARY KEY, data TEXT NOT NULL);
@@ -39,11 +43,25 @@ class GuildSettings(BaseModel):
     exempt_role_id: int | None = None
 
 
-class Store:
-    """One SQLite file. Open with :meth:`open`, close with :meth:`close`."""
+class SharedSettings(Protocol):
+    """Where guild settings and metadata live when several bot processes share them (:mod:`bot.shared`)."""
 
-    def __init__(self, path: Path) -> None:
+    async def load(self) -> dict[int, GuildSettings]: ...
+    async def save(self, guild_id: int, settings: GuildSettings) -> None: ...
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+
+class Store:
+    """One SQLite file. Open with :meth:`open`, close with :meth:`close`.
+
+    With ``shared`` (Redis), guild settings and metadata are read from and written to it first; the
+    SQLite copy is what the bot uses while it is unreachable at start-up.
+    """
+
+    def __init__(self, path: Path, shared: SharedSettings | None = None) -> None:
         self.path = path
+        self.shared = shared
         self._db: aiosqlite.Connection | None = None
         self._guilds: dict[int, GuildSettings] = {}
         self.journal: Journal
@@ -61,6 +79,15 @@ class Store:
         async with self._db.execute("SELECT guild_id, data FROM guild_settings") as rows:
             async for guild_id, data in rows:
                 self._guilds[guild_id] = GuildSettings.model_validate_json(data)
+        if self.shared is not None:
+            try:
+                self.apply_shared(await self.shared.load())
+            except RedisError as exc:
+                log.warning("guild settings: Redis is unreachable (%s); using this host's copy for now", exc)
+
+    def apply_shared(self, guilds: dict[int, GuildSettings]) -> None:
+        """Take the shared guild settings (another process may have changed them)."""
+        self._guilds.update(guilds)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -79,6 +106,8 @@ class Store:
 
     async def update_guild(self, guild_id: int, **changes: Any) -> GuildSettings:
         settings = GuildSettings.model_validate({**self.guild(guild_id).model_dump(), **changes})
+        if self.shared is not None:
+            await self.shared.save(guild_id, settings)
         await self._write(
             "INSERT INTO guild_settings (guild_id, data) VALUES (?, ?) "
             "ON CONFLICT(guild_id) DO UPDATE SET data = excluded.data",
@@ -89,11 +118,16 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
+        if self.shared is not None:
+            return await self.shared.get_meta(key)
         async with self._lock, self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as rows:
             row = await rows.fetchone()
         return None if row is None else str(row[0])
 
     async def set_meta(self, key: str, value: str) -> None:
+        if self.shared is not None:
+            await self.shared.set_meta(key, value)
+            return
         await self._write(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),

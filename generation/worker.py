@@ -243,6 +243,13 @@ class Engine:
         """Queued job id -> 1-based position in the order jobs will start."""
         return self._queue.positions()
 
+    def waiting(self) -> list[tuple[str, float]]:
+        """Queued jobs in the order they will start, with their requested seconds."""
+        positions = self.positions()
+        queued = sorted((handle for handle in self._handles.values() if handle.id in positions),
+                        key=lambda handle: positions[handle.id])
+        return [(handle.id, handle.request.duration) for handle in queued]
+
     def jobs(self) -> list[JobHandle]:
         """Every job that has not ended, in submission order."""
         return list(self._handles.values())

@@ -13,6 +13,7 @@ from bot.app import JamBot
 from bot.journal import JobRecord, State
 from bot.settings import BotSettings
 from bot.store import Store
+from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
 from generation.worker import BackendFactory
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
@@ -111,19 +112,21 @@ async def running_bot(
     backend_factory: BackendFactory | None = None,
     engine: dict[str, Any] | None = None,
     client: dict[str, Any] | None = None,
+    redis: RedisSettings | None = None,
     **settings: Any,
 ) -> AsyncIterator[JamBot]:
-    """The bot, connected and with its model loaded. ``engine``: EngineSettings fields; ``client``: discord.py
-    client options; other keywords: BotSettings fields."""
+    """The bot, connected and with its model loaded (on Redis: it loads none). ``engine``: EngineSettings fields;
+    ``client``: discord.py client options; other keywords: BotSettings fields."""
     bot = JamBot(
         bot_settings(fake, **settings), engine_settings(model_dir, data_dir, **(engine or {})),
-        backend_factory=backend_factory, guild_ready_timeout=0.1, **(client or {}),
+        backend_factory=backend_factory, redis=redis, guild_ready_timeout=0.1, **(client or {}),
     )
     runner = asyncio.create_task(bot.start(TOKEN), name="test-bot")
     try:
         await fake.wait_until_ready(timeout=30)
         await asyncio.wait_for(bot.wait_until_ready(), 30)
-        await asyncio.wait_for(bot._warm_up, 60)  # type: ignore[arg-type]
+        if bot._warm_up is not None:
+            await asyncio.wait_for(bot._warm_up, 60)
         yield bot
     finally:
         await bot.close()

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from generation.backends.base import Backend
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.redis import RedisJobs
 from tests.bot_harness import World, fake_world
+from tests.helpers import tiny_backend
 from tests.redis_server import RedisServer, RedisServerMissing
 
 warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
@@ -35,6 +37,14 @@ def offline_whitespace_tokenizer() -> None:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny text-to-music checkpoint: prompts are hashed to one token (noop tokenizer)."""
     return write_random_checkpoint(tmp_path_factory.mktemp("tiny-musicgen"), scale="tiny", tokenizer="noop")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded_backend(tiny_model_dir: Path) -> Backend:
+    """The tiny model, loaded once for the tests that share it (wrap it to record or fail batches)."""
+    loaded = tiny_backend(tiny_model_dir)
+    loaded.load()
+    return loaded
 
 
 @pytest.fixture(scope="session")

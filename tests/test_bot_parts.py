@@ -162,6 +162,7 @@ def pipeline_with_jobs(tmp_path: Path, batching: str) -> Pipeline:
     engine: Any = SimpleNamespace(
         settings=engine_settings(tmp_path, tmp_path, batching=batching, max_batch=2),
         throughput=SimpleNamespace(rate=4.0), jobs=lambda: jobs, positions=lambda: {"a": 1, "b": 2, "c": 3},
+        waiting=lambda: [("a", 10.0), ("b", 4.0), ("c", 6.0)],
     )
     return Pipeline(None, engine, None, None, lambda _: discord.ui.View())  # type: ignore[arg-type]
 

@@ -1,7 +1,8 @@
 """``jamgen worker`` as real processes on one private Redis: jobs spread, batches form, kill -9 loses nothing.
 
-The test process plays the bot's part through :class:`RedisJobs` (admit, then read the events
-stream); the workers are real ``jamgen worker`` processes on the tiny model, one torch thread each.
+The workers are real ``jamgen worker`` processes on the tiny model, one torch thread each. The bot's
+part is played by a real JamBot on Redis against the fake Discord, or, to look at the queue alone,
+by :class:`RedisJobs` (admit, then read the events stream).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 
 from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
+from generation.redis.settings import RedisSettings
+from tests.bot_harness import World, job_of, posts_of, running_bot
 from tests.redis_helpers import NO_LIMITS, until
 from tests.redis_server import RedisServer
 
@@ -135,3 +138,45 @@ async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
     assert {record.attempt for record in records if record is not None} == {2}, "every job ran again"
     for job_id in ids:
         assert await redis_jobs.result(job_id) is not None
+
+
+async def test_the_bot_and_two_worker_processes_post_every_track_once(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    workers.start()
+    workers.start()
+    redis = RedisSettings(url=redis_server.url, bot_name="bot-a")  # type: ignore[call-arg]
+    async with running_bot(world.fake, tiny_model_dir, tmp_path / "bot", redis=redis):
+        asks = [await world.generate(user=user, prompt=f"{user.name} {index}", duration=2)
+                for index in range(2) for user in (world.alice, world.bob, world.mod)]
+        posts = [post for ask in asks for post in await world.result_of(ask, timeout=WORKERS_TIMEOUT)]
+    ids = [job_of(post) for post in posts]
+    assert len(set(ids)) == len(asks) and all(len(posts_of(world, job_id)) == 1 for job_id in ids)
+    records = [await redis_jobs.job(job_id) for job_id in ids]
+    assert len({record.worker for record in records if record is not None}) == 2, "both workers made tracks"
+
+
+async def test_with_every_worker_killed_the_bot_posts_each_track_once_after_a_new_one_starts(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    workers.start()
+    redis = RedisSettings(url=redis_server.url, bot_name="bot-a")  # type: ignore[call-arg]
+    async with running_bot(world.fake, tiny_model_dir, tmp_path / "bot", redis=redis):
+        asks = [await world.generate(user=user, prompt=f"{user.name} long", duration=6)
+                for user in (world.alice, world.bob, world.mod)]
+
+        async def running() -> bool:
+            return any("generating" in (ask.original.content if ask.original else "") for ask in asks)
+
+        await until(running, WORKERS_TIMEOUT, workers.logs)
+        workers.kill9()
+        await asyncio.sleep(1.0)
+        assert [message for message in world.fake.messages if message.attachments] == [], "nothing posted yet"
+        workers.start()
+        posts = [post for ask in asks for post in await world.result_of(ask, timeout=WORKERS_TIMEOUT)]
+    ids = [job_of(post) for post in posts]
+    assert len(set(ids)) == len(asks) and all(len(posts_of(world, job_id)) == 1 for job_id in ids)
+    records = [await redis_jobs.job(job_id) for job_id in ids]
+    assert {record.attempt for record in records if record is not None} == {2}, "every job ran again"

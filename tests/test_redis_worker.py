@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -13,39 +11,8 @@ from generation.backends.base import Backend
 from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
 from generation.redis.results import unpack
-from generation.redis.settings import WorkerTimings
-from generation.redis.worker import RedisWorker
-from generation.settings import EngineSettings
-from generation.worker import Engine
-from tests.helpers import FaultyBackend, decode, tiny_backend
-from tests.redis_helpers import NO_LIMITS, until
-
-FAST = WorkerTimings(heartbeat=0.2, reclaim_after=30.0, reap_every=60.0, poll=0.2, retry=0.05, grace=30.0)
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path) -> Backend:
-    loaded = tiny_backend(tiny_model_dir)
-    loaded.load()
-    return loaded
-
-
-@asynccontextmanager
-async def serving(
-    jobs: RedisJobs, backend: Backend, model_dir: Path, timings: WorkerTimings = FAST, **settings: object
-) -> AsyncIterator[tuple[RedisWorker, FaultyBackend]]:
-    """A worker serving ``model_dir`` (the shared tiny backend, wrapped to record its batches) until the block ends."""
-    wrapped = FaultyBackend(backend)
-    base: dict[str, object] = {"device": "cpu", "model": str(model_dir), "batch_window": 0.3, "progress_interval": 0.01}
-    engine = Engine(EngineSettings(**(base | settings)), backend_factory=lambda _: wrapped)  # type: ignore[arg-type]
-    async with engine:
-        worker = RedisWorker(jobs, engine, name="worker-a", timings=timings)
-        task = asyncio.create_task(worker.run())
-        try:
-            yield worker, wrapped
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 60)
+from tests.helpers import decode
+from tests.redis_helpers import NO_LIMITS, serving, until
 
 
 def request(model_dir: Path, prompt: str, owner: str = "alice", duration: float = 1.0) -> JobRequest:
@@ -59,12 +26,12 @@ async def ended(jobs: RedisJobs, job_ids: list[str]) -> dict[str, str]:
 
 
 async def test_jobs_are_taken_batched_and_their_files_stored(
-    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+    redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path
 ) -> None:
     ids = []
     for owner in ("alice", "bob", "carol"):
         ids += await redis_jobs.admit([request(tiny_model_dir, f"{owner} tune", owner)], limits=NO_LIMITS)
-    async with serving(redis_jobs, backend, tiny_model_dir) as (worker, wrapped):
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir) as (worker, wrapped):
         await until(lambda: _all_ended(redis_jobs, ids))
     assert await ended(redis_jobs, ids) == dict.fromkeys(ids, "finished")
     assert max(len(batch) for batch in wrapped.batches) >= 2, f"no batch formed: {wrapped.batches}"
@@ -78,10 +45,10 @@ async def test_jobs_are_taken_batched_and_their_files_stored(
 
 
 async def test_a_job_queued_while_a_batch_runs_joins_it(
-    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+    redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path
 ) -> None:
     first = await redis_jobs.admit([request(tiny_model_dir, "long one", duration=4.0)], limits=NO_LIMITS)
-    async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir) as (_, wrapped):
         await until(lambda: _progressed(redis_jobs, first[0]))
         late = await redis_jobs.admit([request(tiny_model_dir, "late one", "bob")], limits=NO_LIMITS)
         await until(lambda: _all_ended(redis_jobs, first + late))
@@ -89,10 +56,10 @@ async def test_a_job_queued_while_a_batch_runs_joins_it(
 
 
 async def test_stopping_gives_back_the_jobs_that_had_not_started(
-    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+    redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path
 ) -> None:
     running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=NO_LIMITS)
-    async with serving(redis_jobs, backend, tiny_model_dir, max_batch=1) as (worker, _):
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, max_batch=1) as (worker, _):
         await until(lambda: _progressed(redis_jobs, running[0]))
         waiting = await redis_jobs.admit([request(tiny_model_dir, "waiting", "bob")], limits=NO_LIMITS)
         await asyncio.sleep(0.5)  # one row: the second job stays in Redis, not taken
@@ -104,10 +71,10 @@ async def test_stopping_gives_back_the_jobs_that_had_not_started(
 
 
 async def test_a_worker_that_lost_its_job_publishes_nothing_for_it(
-    redis_jobs: RedisJobs, backend: Backend, tiny_model_dir: Path
+    redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path
 ) -> None:
     ids = await redis_jobs.admit([request(tiny_model_dir, "stolen", duration=4.0)], limits=NO_LIMITS)
-    async with serving(redis_jobs, backend, tiny_model_dir) as (_, wrapped):
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir) as (_, wrapped):
         await until(lambda: _progressed(redis_jobs, ids[0]))
         reclaimed = await redis_jobs.reclaim("reaper", min_idle=0)  # as if worker-a had stopped heart-beating
         assert reclaimed.requeued == ids

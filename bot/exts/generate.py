@@ -124,7 +124,7 @@ class Generate(commands.Cog, name="Generate"):
 
     async def _start(self, interaction: discord.Interaction, requests: list[JobRequest], title: str) -> None:
         """Admit (refusals are ephemeral and instant), defer at once, then queue."""
-        ticket = self.bot.pipeline.admit(Asker.of(interaction), len(requests), title, interaction)
+        ticket = await self.bot.pipeline.admit(Asker.of(interaction), requests, title, interaction)
         try:
             await interaction.response.defer(thinking=True)
         except discord.HTTPException:

@@ -16,7 +16,8 @@ key                         type     what
                                      failed, cancelled), ``attempt`` (1 on the first run),
                                      ``created``/``started``/``ended`` (server time, s),
                                      ``worker`` and ``entry`` while running, ``alone``,
-                                     ``reason``, ``progress_done``/``progress_total``/``progress_at``.
+                                     ``reason``, ``progress_done``/``progress_total``/``progress_at``,
+                                     ``meta`` (the admitting bot's record: where to post), ``notify``.
                                      Kept ``keep_seconds`` once the job ends.
 ``lane:{model}:{member}``   list     one owner's waiting jobs of one model, first to start first
 ``ready:{model}``           zset     owners with waiting jobs of the model: the rotation, scored by
@@ -29,8 +30,12 @@ key                         type     what
 ``run``                     stream   one entry per run of a job (``job``); group ``workers``: the
                                      entry sits in the holding worker's pending list until settled
 ``events``                  stream   ``job``, ``kind`` (finished, failed, cancelled), ``reason``
+``events:{bot}``            stream   the same, for the jobs admitted by bot process ``{bot}`` (the hash's
+                                     ``notify``); group ``bots``, acknowledged once the result is posted
 ``dead``                    stream   dead-lettered jobs: ``job``, ``attempts``, ``worker``, ``reason``
 ``result:{id}``             string   a finished job's encoded audio, for ``keep_seconds``
+``input:{sha256}``          string   an audio input's bytes (a request says ``redis-input:<sha256>``
+                                     instead of a path), for ``keep_seconds``
 ``progress:{id}``           channel  progress snapshots as JSON (``job``, ``attempt``, ``done``,
                                      ``total``): pub/sub, lossy; the hash keeps the latest
 ==========================  =======  ===========================================================

@@ -53,6 +53,7 @@ class RedisJobs:
         self.client = client
         self.keys = Keys(prefix)
         self.attempts = attempts
+        self.keep_seconds = keep_seconds
         self._scripts = Scripts(client, prefix, keep_seconds, events_maxlen)
 
     @classmethod
@@ -81,19 +82,23 @@ class RedisJobs:
         exempt: bool = False,
         queue_retry_after: float | None = None,
         job_ids: Sequence[str] | None = None,
+        metas: Sequence[str] | None = None,
+        notify: str = "",
     ) -> list[str]:
         """Check and charge one owner's limits and queue ``requests``, atomically; their job ids.
 
         Each request costs one job against ``max_active``, one token and one queue place, as
         ``Admission.admit(cost=len(requests))``. ``key`` is whose limits they are (default:
         the owner's member name). Raises :class:`~generation.admission.RateLimited` with the
-        in-process words, or :class:`~generation.redis.limits.DuplicateJob`.
+        in-process words, or :class:`~generation.redis.limits.DuplicateJob`. ``metas``: per job, the
+        client's own record of it (kept as the hash's ``meta``); ``notify``: the stream the jobs' ends
+        go to (a bot's own, :meth:`Keys.notify`), instead of ``events``.
         """
         if not requests:
             raise ValueError("nothing to admit")
         ids = list(job_ids) if job_ids is not None else [secrets.token_hex(6) for _ in requests]
         key = key if key is not None else owner_member(requests[0].owner)
-        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after)
+        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after, metas, notify)
         admit.check(await self._scripts.call("admit", *admit.args()))
         return ids
 

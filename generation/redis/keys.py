@@ -78,6 +78,14 @@ class Keys:
         """The pub/sub channel told when jobs of ``model`` are queued (workers with free rows listen)."""
         return f"{self.prefix}wake:{model_tag(model)}"
 
+    def input(self, digest: str) -> str:
+        """An audio input's bytes (an Extend's clip, a melody), by their sha256."""
+        return f"{self.prefix}input:{digest}"
+
+    def notify(self, client: str) -> str:
+        """``client``'s own events stream: where the jobs it admitted with ``notify`` end (a bot's name)."""
+        return f"{self.prefix}events:{client}"
+
     def rate(self, key: str) -> str:
         return f"{self.prefix}rate:{key}"
 

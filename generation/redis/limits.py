@@ -38,6 +38,8 @@ class Admit:
     key: str
     exempt: bool = False
     queue_retry_after: float | None = None
+    metas: Sequence[str] | None = None  # per job, the client's record of it (the hash's ``meta``)
+    notify: str = ""  # the stream told when the jobs end (the hash's ``notify``); "" for ``events``
 
     def __post_init__(self) -> None:
         if not self.requests:
@@ -46,6 +48,8 @@ class Admit:
             raise ValueError("give one distinct job id per request")
         if len({request.owner for request in self.requests}) != 1:
             raise ValueError("the requests of one admission must have one owner")
+        if self.metas is not None and len(self.metas) != len(self.requests):
+            raise ValueError("give one meta per request")
 
     @property
     def cost(self) -> int:
@@ -55,11 +59,12 @@ class Admit:
         limits = self.limits
         args: list[Arg] = [
             self.key, int(self.exempt), limits.max_active, limits.rate_count, repr(limits.rate_window),
-            limits.queue_cap, repr(TIME_EPSILON), self.cost,
+            limits.queue_cap, repr(TIME_EPSILON), self.notify, self.cost,
         ]
-        for job_id, request in zip(self.job_ids, self.requests, strict=True):
+        metas = self.metas if self.metas is not None else [""] * len(self.requests)
+        for job_id, request, meta in zip(self.job_ids, self.requests, metas, strict=True):
             args += [job_id, request.model, model_tag(request.model), owner_member(request.owner),
-                     request.model_dump_json()]
+                     request.model_dump_json(), meta]
         return args
 
     def check(self, reply: Sequence[bytes]) -> None:

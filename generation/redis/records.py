@@ -78,6 +78,7 @@ class JobRecord:
     alone: bool = False
     reason: str | None = None
     progress: tuple[int, int] | None = None  # (steps done, steps in all), the latest snapshot
+    meta: str | None = None  # the admitting client's own record of the job
 
     @classmethod
     def decode(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
@@ -90,7 +91,7 @@ class JobRecord:
             request_json=fields["request"], attempt=int(fields["attempt"]), created=float(fields["created"]),
             worker=fields.get("worker"), started=float(fields["started"]) if "started" in fields else None,
             entry=fields.get("entry"), alone=fields.get("alone") == "1",
-            reason=fields.get("reason"), progress=progress,
+            reason=fields.get("reason"), progress=progress, meta=fields.get("meta"),
         )
 
 

@@ -42,6 +42,11 @@ class RedisSettings(BaseSettings):
         30.0, gt=0, validation_alias=AliasChoices("JAMGEN_RECLAIM_AFTER", "reclaim_after"),
         description="a job held this long without a heartbeat goes back to the queue (its worker died)",
     )
+    bot_name: str | None = Field(
+        None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", validation_alias=AliasChoices("JAMGEN_BOT_NAME", "bot_name"),
+        description="this bot process's name, stable across its restarts (default: the host's name); "
+        "each bot process sharing one Redis needs its own",
+    )
     keep_seconds: float = Field(
         3600.0, gt=0, validation_alias=AliasChoices("JAMGEN_RESULT_TTL", "keep_seconds"),
         description="how long an ended job's record and file stay in Redis",

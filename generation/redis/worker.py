@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from generation.errors import EngineClosed
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress
+from generation.redis.inputs import fetch_inputs, fetched_files
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Lease
 from generation.redis.results import pack
@@ -59,6 +61,7 @@ class RedisWorker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.taking = True  # False while Redis is unreachable
+        self._inputs = engine.settings.data_dir / "inputs"  # audio inputs fetched from Redis, while their job runs
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -118,13 +121,30 @@ class RedisWorker:
             self._lose(stale)  # Redis gave the job out again: the old run here lost it
         self._held[lease.entry] = lease
         self._rows.add(lease.entry)
+        self._spawn(self._run(lease), lease.job_id)
+
+    async def _run(self, lease: Lease) -> None:
+        """Fetch the job's audio inputs, submit it to the engine (one engine job per run), follow it."""
         try:
-            handle = self.engine.submit(lease.request(), job_id=lease.entry)  # one engine job per run
-        except Exception as exc:  # a request this worker cannot run: the job's own fault
-            log.warning("job %s refused by the engine: %s", lease.job_id, exc)
-            self._spawn(self._settle(lease, partial(self.jobs.fail, lease, str(exc))), lease.job_id)
+            request = await _retrying(
+                partial(fetch_inputs, self.jobs.client, self.jobs.keys, lease.request(), self._inputs, lease.entry),
+                self.timings.retry, self.timings.heartbeat, None,
+            )
+            if self._stopping.is_set():
+                raise EngineClosed("the worker is stopping")
+            handle = self.engine.submit(request, job_id=lease.entry)
+        except EngineClosed:  # not the job's fault: another worker takes it
+            await self._settle(lease, partial(self.jobs.release, [lease]))
             return
-        self._spawn(self._follow(lease, handle), lease.job_id)
+        except Exception as exc:  # a request this worker cannot run: the job's own fault
+            log.warning("job %s refused: %s", lease.job_id, exc)
+            await self._settle(lease, partial(self.jobs.fail, lease, str(exc)))
+            return
+        try:
+            await self._follow(lease, handle)
+        finally:
+            for path in fetched_files(self._inputs, lease.entry):
+                path.unlink(missing_ok=True)
 
     def _spawn(self, work: Coroutine[Any, Any, None], job_id: str) -> None:
         task = asyncio.create_task(work, name=f"jamgen-follow-{job_id}")

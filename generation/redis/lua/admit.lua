@@ -1,6 +1,8 @@
 -- admit: check and charge one user's limits, then queue their jobs; all or nothing.
 -- ARGV[4] admission key, [5] exempt ('1'/'0'), [6] max_active, [7] rate_count, [8] rate_window (s),
--- [9] queue_cap, [10] float slack (s), [11] n, then n times: job id, model, model tag, member, request.
+-- [9] queue_cap, [10] float slack (s), [11] the stream told when the jobs end (kept as `notify`; '' for
+-- `events`), [12] n, then n times: job id, model, model tag, member, request, meta (the client's own
+-- record of the job, kept in the hash as `meta`; '' for none).
 -- The checks, in generation.admission.Admission's order (the first that fails answers):
 --   active      a user's jobs queued or running + n > max_active          -> {'active', active}
 --   rate        GCRA, the token bucket of rate_count per rate_window:
@@ -11,12 +13,13 @@
 -- {'duplicate', id} when a job id is taken. Times are the server's clock (TIME).
 local akey, exempt = ARGV[4], ARGV[5] == '1'
 local max_active, rate_count, window = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local cap, slack, n = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local cap, slack, notify, n = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], tonumber(ARGV[12])
 
 local jobs = {}
 for i = 0, n - 1 do
-  local b = 12 + i * 5
-  local job = {id = ARGV[b], model = ARGV[b + 1], mtag = ARGV[b + 2], member = ARGV[b + 3], request = ARGV[b + 4]}
+  local b = 13 + i * 6
+  local job = {id = ARGV[b], model = ARGV[b + 1], mtag = ARGV[b + 2], member = ARGV[b + 3], request = ARGV[b + 4],
+    meta = ARGV[b + 5]}
   if redis.call('EXISTS', job_key(job.id)) == 1 then return {'duplicate', job.id} end
   jobs[#jobs + 1] = job
 end
@@ -46,6 +49,8 @@ local created = string.format('%.6f', t)
 for _, job in ipairs(jobs) do
   redis.call('HSET', job_key(job.id), 'request', job.request, 'model', job.model, 'mtag', job.mtag,
     'member', job.member, 'akey', akey, 'state', 'queued', 'attempt', 1, 'created', created)
+  if job.meta ~= '' then redis.call('HSET', job_key(job.id), 'meta', job.meta) end
+  if notify ~= '' then redis.call('HSET', job_key(job.id), 'notify', notify) end
   redis.call('RPUSH', lane_key(job.mtag, job.member), job.id)
   if not redis.call('ZSCORE', ready_key(job.mtag), job.member) then to_back(job.mtag, job.member) end
 end

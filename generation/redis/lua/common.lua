@@ -69,8 +69,10 @@ local function release_active(job)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
 
+-- a job's end on the stream its admitter reads: the hash's `notify` (a bot's own stream), else `events`
 local function event(id, kind, reason)
-  local args = {'XADD', EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'kind', kind}
+  local stream = redis.call('HGET', job_key(id), 'notify') or EVENTS
+  local args = {'XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'job', id, 'kind', kind}
   if reason then
     table.insert(args, 'reason')
     table.insert(args, reason)

@@ -1,0 +1,192 @@
+"""The bot on Redis (``REDIS_URL``): it loads no model; a worker makes the tracks; each is posted once.
+
+A real JamBot against the fake Discord and a private redis-server; the worker is a
+:class:`RedisWorker` on the tiny model in the same process (``tests/test_redis_processes.py``
+runs workers as processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from bot.app import JamBot
+from bot.journal import State
+from bot.shared import SharedState
+from bot.store import GuildSettings
+from generation.backends.base import Backend
+from generation.jobs import JobRequest
+from generation.redis import RedisJobs
+from generation.redis.inbox import GROUP
+from generation.redis.remote import RemoteEngine
+from generation.redis.settings import RedisSettings
+from generation.settings import EngineSettings
+from tests.bot_harness import World, job_of, journal_of, posts_of, running_bot, user_text
+from tests.helpers import decode
+from tests.redis_helpers import serving, until
+from tests.redis_server import RedisServer
+
+BOT = "bot-a"
+
+
+def redis_settings(server: RedisServer, name: str = BOT) -> RedisSettings:
+    return RedisSettings(url=server.url, bot_name=name, heartbeat=0.2, reclaim_after=2.0)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def bot_on(world: World, server: RedisServer, model_dir: Path, data_dir: Path, **settings: object
+                 ) -> AsyncIterator[JamBot]:
+    async with running_bot(world.fake, model_dir, data_dir, redis=redis_settings(server), **settings) as bot:
+        assert isinstance(bot.engine, RemoteEngine)
+        yield bot
+
+
+async def inbox_left(client: Redis, name: str = BOT) -> tuple[int, int]:
+    """(entries in the bot's inbox, entries read and not acknowledged)."""
+    stream = RedisJobs(client).keys.notify(name)
+    pending = await client.xpending(stream, GROUP)
+    return await client.xlen(stream), int(pending["pending"])
+
+
+async def test_a_track_is_made_by_a_worker_and_posted_once(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
+        assert bot._warm_up is None, "a bot on Redis loads no model"
+        interaction = await world.generate(prompt="redis jam")
+        assert (await interaction.wait_callback()).type == 5
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+            [post] = await world.result_of(interaction)
+        job_id = job_of(post)
+        await until(lambda: _delivered(tmp_path, job_id))
+        await until(lambda: _inbox_empty(redis_jobs.client))
+    record = await redis_jobs.job(job_id)
+    assert record is not None and record.state == "done" and record.worker is not None
+    assert record.meta is not None and f'"channel_id":{world.jam.id}' in record.meta
+    assert len(posts_of(world, job_id)) == 1
+
+
+async def test_a_user_s_limits_are_shared_with_another_bot_process(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """Another bot process admits two of alice's jobs; this one refuses her third (at most 2 at once)."""
+    other = RemoteEngine(EngineSettings(model=str(tiny_model_dir)), redis_jobs, name="bot-b",  # type: ignore[call-arg]
+                         models=[str(tiny_model_dir)])
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
+        limits = bot.pipeline.limits(bot.store.guild(world.guild.id))
+        request = JobRequest.create(prompt="elsewhere", model=str(tiny_model_dir), duration=1.0,
+                                    owner=str(world.alice.id))
+        await other.admit([request, request], limits=limits, key=f"{world.guild.id}:{world.alice.id}", exempt=False)
+        refused = await world.generate(prompt="a third")
+        callback = await refused.wait_callback()
+        assert callback.type == 4 and "You already have 2 jobs" in user_text(refused)
+        bob = await world.generate(user=world.bob, prompt="bob's")
+        assert (await bob.wait_callback()).type == 5
+
+
+async def test_a_track_made_while_the_bot_was_down_is_posted_when_it_is_back(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path):
+        interaction = await world.generate(prompt="made while away")
+        assert (await interaction.wait_callback()).type == 5
+    [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):  # no bot is running
+        await until(lambda: _state_is(redis_jobs, job_id, "done"))
+    assert posts_of(world, job_id) == []
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path):
+        await world.result_of(interaction)
+        await until(lambda: _inbox_empty(redis_jobs.client))
+    assert len(posts_of(world, job_id)) == 1
+
+
+async def test_a_bot_without_the_journal_posts_from_the_job_s_record_once(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """The bot comes back on another host (a fresh data dir): the job's record in Redis says where to post.
+    Its end is read twice (as after a crash between the post and the acknowledgement): posted once."""
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-1"):
+        interaction = await world.generate(prompt="moved host")
+        assert (await interaction.wait_callback()).type == 5
+    [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+        await until(lambda: _state_is(redis_jobs, job_id, "done"))
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-2"):
+        await world.result_of(interaction)
+        await until(lambda: _inbox_empty(redis_jobs.client))
+    stream = redis_jobs.keys.notify(BOT)
+    await redis_jobs.client.xadd(stream, {"job": job_id, "kind": "finished"})  # the same end, once more
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-3"):
+        await until(lambda: _inbox_empty(redis_jobs.client))
+    assert len(posts_of(world, job_id)) == 1
+
+
+async def test_extend_sends_the_clip_through_redis_not_as_a_path(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """The worker reads the clip from Redis: the bot's copy is gone before the worker takes the job."""
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "bot"):
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, data_dir=tmp_path / "worker"):
+            first = await world.generate(prompt="funk bass", duration=3, format="wav")
+            [post] = await world.result_of(first)
+        pressed = await world.fake.press_button(post, f"jamgen:extend:{job_of(post)}", user=world.alice,
+                                                guild=world.guild)
+        assert (await pressed.wait_callback()).type == 5
+        [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
+        record = await redis_jobs.job(job_id)
+        assert record is not None and '"continue_from":"redis-input:' in record.request_json
+        for kept in (tmp_path / "bot" / "audio").iterdir():
+            kept.unlink()
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, data_dir=tmp_path / "worker"):
+            [longer] = await world.result_of(pressed)
+    assert abs(decode(longer.attachments[0].data).duration - 6.0) < 0.05  # the whole clip, then 3 s more
+    assert list((tmp_path / "worker" / "inputs").iterdir()) == [], "the worker keeps no input once the job ended"
+
+
+async def test_guild_settings_and_the_command_hash_are_shared_through_redis(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
+        assert await redis_jobs.client.hget(redis_jobs.keys.prefix + "meta", "commands_hash") is not None
+        other_process = SharedState(redis_jobs.client, redis_jobs.keys)
+        await other_process.save(world.guild.id, GuildSettings(max_duration=5))
+
+        async def applied() -> bool:
+            return bot.store.guild(world.guild.id).max_duration == 5
+
+        await until(applied, timeout=10)
+        interaction = await world.generate(prompt="too long here", duration=10)
+        assert (await interaction.wait_callback()).type == 4
+        assert "between 1 and 5 seconds" in user_text(interaction)
+
+
+async def test_with_redis_down_a_request_is_refused_with_a_reason(
+    world: World, redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    dead = RedisSettings(url="redis://127.0.0.1:1/0", bot_name=BOT)  # type: ignore[call-arg]
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, redis=dead):
+        interaction = await world.generate(prompt="nowhere to go")
+        callback = await interaction.wait_callback()
+    assert callback.type == 4 and "queue is unavailable" in user_text(interaction)
+
+
+async def _delivered(data_dir: Path, job_id: str) -> bool:
+    async with journal_of(data_dir) as store:
+        record = await store.journal.get(job_id)
+    return record is not None and record.state is State.DELIVERED
+
+
+async def _inbox_empty(client: Redis) -> bool:
+    return await inbox_left(client) == (0, 0)
+
+
+async def _state_is(jobs: RedisJobs, job_id: str, state: str) -> bool:
+    record = await jobs.job(job_id)
+    return record is not None and record.state == state
