@@ -177,6 +177,29 @@ async def test_with_redis_down_a_request_is_refused_with_a_reason(
     assert callback.type == 4 and "queue is unavailable" in user_text(interaction)
 
 
+async def test_redis_killed_and_restarted_under_the_bot_loses_no_accepted_job(
+    world: World, tiny_loaded_backend: Backend, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    server = RedisServer.launch(tmp_path / "redis")  # this test's own: it kills it
+    jobs = RedisJobs(Redis.from_url(server.url))
+    try:
+        settings = RedisSettings(url=server.url, bot_name=BOT)  # type: ignore[call-arg]
+        async with running_bot(world.fake, tiny_model_dir, tmp_path / "bot", redis=settings):
+            accepted = await world.generate(prompt="survives")
+            assert (await accepted.wait_callback()).type == 5
+            server.kill9()
+            refused = await world.generate(user=world.bob, prompt="while redis is down")
+            assert (await refused.wait_callback()).type == 4
+            assert "queue is unavailable" in user_text(refused)
+            server.restart()
+            async with serving(jobs, tiny_loaded_backend, tiny_model_dir, data_dir=tmp_path / "worker"):
+                [post] = await world.result_of(accepted)
+        assert len(posts_of(world, job_of(post))) == 1
+    finally:
+        await jobs.aclose()
+        server.stop()
+
+
 async def _delivered(data_dir: Path, job_id: str) -> bool:
     async with journal_of(data_dir) as store:
         record = await store.journal.get(job_id)

@@ -39,6 +39,7 @@ from generation.settings import EngineSettings
 log = logging.getLogger(__name__)
 
 Adopter = Callable[[str, JobRequest, str | None], Awaitable[JobHandle | None]]
+ADMIT_TIMEOUT = 2.0  # seconds: Discord wants an answer to a command within 3
 EXPIRED = "This job's record is gone from the queue (it was kept too long); please ask again."
 RESULT_GONE = "The track was made, but its file expired before it could be posted; please ask again."
 
@@ -101,12 +102,13 @@ class RemoteEngine:
         if self._closing:
             raise EngineClosed("The bot is shutting down; try again in a minute.")
         try:
-            requests = [await self._upload(request) for request in requests]
-            ids = await self.redis.admit(
-                requests, limits=limits, key=key, exempt=exempt, job_ids=job_ids, metas=metas,
-                notify=self.inbox.stream,
-            )
-        except RedisError as exc:
+            async with asyncio.timeout(ADMIT_TIMEOUT):
+                requests = [await self._upload(request) for request in requests]
+                ids = await self.redis.admit(
+                    requests, limits=limits, key=key, exempt=exempt, job_ids=job_ids, metas=metas,
+                    notify=self.inbox.stream,
+                )
+        except (RedisError, TimeoutError) as exc:
             log.warning("Redis is unreachable; refusing a request: %s", exc)
             raise QueueUnavailable("The queue is unavailable right now; please try again in a minute.") from exc
         self._order += ids  # at the back until the next poll says where
