@@ -167,6 +167,32 @@ async def test_guild_settings_and_the_command_hash_are_shared_through_redis(
         assert "between 1 and 5 seconds" in user_text(interaction)
 
 
+async def test_queue_and_cancel_see_every_bot_s_jobs_in_redis(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """Another bot process's job is first in the queue; alice's two follow; she cancels her latest."""
+    other = RemoteEngine(EngineSettings(model=str(tiny_model_dir)), redis_jobs, name="bot-b",  # type: ignore[call-arg]
+                         models=[str(tiny_model_dir)])
+    elsewhere = JobRequest.create(prompt="elsewhere", model=str(tiny_model_dir), duration=1.0, owner="42")
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
+        limits = bot.pipeline.limits(bot.store.guild(world.guild.id))
+        await other.admit([elsewhere], limits=limits, key="7:42", exempt=False)
+        asks = [await world.generate(prompt=prompt) for prompt in ("first", "second")]
+        for ask in asks:
+            assert (await ask.wait_callback()).type == 5
+        await world.fake.wait_for(lambda: "position 3 of 3" in (asks[1].original.content if asks[1].original else ""))
+        listing = await world.fake.send_command("queue", {}, user=world.alice, guild=world.guild, channel=world.jam)
+        await listing.wait_callback()
+        text = user_text(listing)
+        assert "3 waiting" in text and "first — position 2" in text and "second — position 3" in text
+        mine = await world.fake.send_command("cancel", {}, user=world.alice, guild=world.guild, channel=world.jam)
+        await mine.wait_callback()
+        assert "Cancelled job" in user_text(mine)
+        await world.fake.wait_for(lambda: "cancelled by you" in asks[1].original.content)  # type: ignore[union-attr]
+    job_ids = await redis_jobs.ordered(str(tiny_model_dir))
+    assert len(job_ids) == 2, "the cancelled job left the queue in Redis"
+
+
 async def test_with_redis_down_a_request_is_refused_with_a_reason(
     world: World, redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path,
 ) -> None:

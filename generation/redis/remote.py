@@ -66,6 +66,7 @@ class RemoteEngine:
         self._entries: dict[str, str] = {}  # job id -> its end's inbox entry, acknowledged by settled()
         self._order: list[str] = []  # waiting jobs of every model, in the order they start
         self._durations: dict[str, float] = {}  # requested seconds of waiting jobs (other bots' too)
+        self._announced: dict[str, int] = {}  # the positions last told to the handles
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.reachable = True
@@ -173,6 +174,16 @@ class RemoteEngine:
         await self._learn_durations([job_id for job_id in order if job_id not in self._durations])
         self._order = order
         await self._update(list(self.jobs()))
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        """A ``Queued`` event for each waiting job whose place changed (the status message shows it)."""
+        positions = self.positions()
+        for job_id, position in positions.items():
+            handle = self._handles.get(job_id)
+            if handle is not None and handle.state is JobState.QUEUED and self._announced.get(job_id) != position:
+                handle.emit(Queued(position))
+        self._announced = positions
 
     async def _learn_durations(self, job_ids: list[str]) -> None:
         if not job_ids:
