@@ -45,6 +45,9 @@ def point_discord_at(api_base_url: str, gateway_url: str) -> None:
 
 
 class JamBot(commands.Bot):
+    """The bot on one gateway connection (unsharded); :func:`create_bot` makes a :class:`ShardedJamBot` when
+    ``JAMGEN_SHARD_COUNT`` is set."""
+
     def __init__(
         self,
         settings: BotSettings,
@@ -55,6 +58,10 @@ class JamBot(commands.Bot):
         **options: Any,
     ) -> None:
         """``redis`` with a URL: jobs go to Redis, for ``jamgen worker`` hosts; else an in-process engine."""
+        if settings.sharded != isinstance(self, commands.AutoShardedBot):
+            raise TypeError("JAMGEN_SHARD_COUNT needs a ShardedJamBot, and only it: make the bot with create_bot()")
+        if settings.sharded:
+            options.update(shard_ids=settings.shard_ids, shard_count=settings.shard_count)
         if settings.application_id is not None:  # else discord.py asks Discord at login
             options["application_id"] = settings.application_id
         intents = discord.Intents.none()
@@ -106,7 +113,14 @@ class JamBot(commands.Bot):
             log.error("%s Jobs will fail until this is fixed.", exc)
 
     async def sync_commands(self) -> None:
-        """To the test guild when one is set (instant); globally only when the command tree changed."""
+        """To the test guild when one is set (instant); globally only when the command tree changed.
+
+        Sharded, only the process that runs shard 0 syncs (every process has the same tree).
+        """
+        if not self.settings.syncs_commands:
+            log.info("shards %s of %s: commands are synced by the process that runs shard 0",
+                     self.settings.shard_ids, self.settings.shard_count)
+            return
         if self.settings.test_guild_id is not None:
             guild = discord.Object(self.settings.test_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -136,7 +150,9 @@ class JamBot(commands.Bot):
         await report(interaction, error)
 
     async def on_ready(self) -> None:
-        log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        shards = f" on shards {self.settings.shard_ids} of {self.settings.shard_count}" if self.settings.sharded else ""
+        log.info("connected as %s (%s) to %d guilds%s", self.user, getattr(self.user, "id", "?"), len(self.guilds),
+                 shards)
 
     async def close(self) -> None:
         """Stop taking commands, tell queued users, let running work finish (bounded), then disconnect."""
@@ -155,6 +171,17 @@ class JamBot(commands.Bot):
                 if isinstance(self.engine, RemoteEngine):
                     await self.engine.redis.aclose()
         await super().close()
+
+
+class ShardedJamBot(JamBot, commands.AutoShardedBot):
+    """The bot on ``JAMGEN_SHARD_IDS`` of ``JAMGEN_SHARD_COUNT`` shards: discord.py keeps one gateway connection
+    per shard, and Discord sends each its guilds' events. Other processes run the other shards."""
+
+
+def create_bot(settings: BotSettings, engine_settings: EngineSettings, **kwargs: Any) -> JamBot:
+    """A :class:`ShardedJamBot` when ``settings`` name shards, else a :class:`JamBot` (``kwargs``: theirs)."""
+    kind = ShardedJamBot if settings.sharded else JamBot
+    return kind(settings, engine_settings, **kwargs)
 
 
 def _remote(engine_settings: EngineSettings, redis: RedisSettings, models: list[str]) -> RemoteEngine:

@@ -24,9 +24,9 @@ async def serve(env_file: Path | None = Path(".env"), probes: Probes = DEFAULT_P
     preflight(settings.default_format, engine_settings.data_dir, probes)
     # After the preflight: bot.app needs PyAV, whose absence the preflight explains. It imports torch-free
     # code only; the model loads in the background.
-    from bot.app import JamBot
+    from bot.app import create_bot
 
-    bot = JamBot(settings, engine_settings, redis=redis)
+    bot = create_bot(settings, engine_settings, redis=redis)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import discord
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -89,6 +89,14 @@ class BotSettings(BaseSettings):
         60.0, ge=0.0, le=900, validation_alias=_alias("JAMGEN_SHUTDOWN_GRACE", "shutdown_grace"),
         description="seconds a stopping bot lets the running batch finish and be delivered",
     )
+    shard_count: int | None = Field(
+        None, ge=1, validation_alias=_alias("JAMGEN_SHARD_COUNT", "shard_count"),
+        description="shards of the whole bot (all its processes); unset: one process, unsharded",
+    )
+    shard_ids: list[int] | None = Field(
+        None, validation_alias=_alias("JAMGEN_SHARD_IDS", "shard_ids"),
+        description="the shards this process runs (JSON list, each in [0, JAMGEN_SHARD_COUNT))",
+    )
 
     @field_validator("token")
     @classmethod
@@ -110,6 +118,30 @@ class BotSettings(BaseSettings):
             raise ValueError(f"must start with {' or '.join(schemes)} (got {value!r})")
         return value.rstrip("/") if schemes[0] == "http://" else value
 
+    @model_validator(mode="after")
+    def _shards(self) -> BotSettings:
+        if (self.shard_count is None) != (self.shard_ids is None):
+            raise ValueError("JAMGEN_SHARD_COUNT and JAMGEN_SHARD_IDS go together: set both, or neither to run "
+                             "unsharded")
+        if self.shard_count is None or self.shard_ids is None:
+            return self
+        if not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError(f"JAMGEN_SHARD_IDS must list this process's shards, each once (got {self.shard_ids})")
+        outside = [shard for shard in self.shard_ids if not 0 <= shard < self.shard_count]
+        if outside:
+            raise ValueError(f"JAMGEN_SHARD_IDS {outside} not in [0, {self.shard_count}) "
+                             f"(JAMGEN_SHARD_COUNT={self.shard_count})")
+        return self
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard_count is not None
+
+    @property
+    def syncs_commands(self) -> bool:
+        """Whether this process syncs the command tree: unsharded, or it runs shard 0 (exactly one does)."""
+        return self.shard_ids is None or 0 in self.shard_ids
+
 
 def _describe(exc: ValidationError) -> str:
     token_problems = [e for e in exc.errors() if e["loc"] and e["loc"][0] in ("DISCORD_TOKEN", "token")]
@@ -117,8 +149,13 @@ def _describe(exc: ValidationError) -> str:
         problem = token_problems[0]
         what = "missing" if problem["type"] == "missing" else problem["msg"].removeprefix("Value error, ")
         return TOKEN_HELP.format(problem=what, permissions=INVITE_PERMISSIONS.value)
-    lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+    lines = [f"  {_where(e['loc'])}{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
     return "Invalid settings (see .env.example):\n" + "\n".join(lines)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``"SETTING: "`` for an error about one setting; nothing for one about several (it names them)."""
+    return f"{'.'.join(map(str, loc))}: " if loc else ""
 
 
 def load_redis_settings(env_file: Path | None = Path(".env")) -> RedisSettings:

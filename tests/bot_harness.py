@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.app import JamBot
+from bot.app import JamBot, create_bot
 from bot.journal import JobRecord, State
 from bot.settings import BotSettings
 from bot.store import Store
@@ -117,7 +117,7 @@ async def running_bot(
 ) -> AsyncIterator[JamBot]:
     """The bot, connected and with its model loaded (on Redis: it loads none). ``engine``: EngineSettings fields;
     ``client``: discord.py client options; other keywords: BotSettings fields."""
-    bot = JamBot(
+    bot = create_bot(
         bot_settings(fake, **settings), engine_settings(model_dir, data_dir, **(engine or {})),
         backend_factory=backend_factory, redis=redis, guild_ready_timeout=0.1, **(client or {}),
     )

@@ -510,7 +510,7 @@ def forget_fake_history(fake: FakeDiscord, keep: Iterable[FakeInteraction]) -> N
     fake.requests.clear()
     fake.messages = [m for m in fake.messages if m.interaction_id in kept]
     fake._messages_by_id = {m.id: m for m in fake.messages}
-    fake.gateway._log.clear()
+    fake.gateway.forget_log()
     fake.gateway.stats.received.clear()
 
 

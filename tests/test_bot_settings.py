@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def no_ambient_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DISCORD_TOKEN", "DISCORD_API_BASE_URL", "DISCORD_GATEWAY_URL", "MUSICGEN_MODEL", "JAMGEN_MODELS"):
+    for name in ("DISCORD_TOKEN", "DISCORD_API_BASE_URL", "DISCORD_GATEWAY_URL", "MUSICGEN_MODEL", "JAMGEN_MODELS",
+                 "JAMGEN_SHARD_COUNT", "JAMGEN_SHARD_IDS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -75,6 +77,29 @@ def test_models_list_from_json(tmp_path: Path) -> None:
     env = write_env(tmp_path, f'DISCORD_TOKEN={GOOD_TOKEN}\nJAMGEN_MODELS=["small", "medium"]\n')
     bot, _ = load_settings(env)
     assert bot.models == ["small", "medium"]
+
+
+def test_shards_from_json_and_only_shard_0_syncs_commands(tmp_path: Path) -> None:
+    unsharded, _ = load_settings(write_env(tmp_path, f"DISCORD_TOKEN={GOOD_TOKEN}\n"))
+    assert (unsharded.sharded, unsharded.syncs_commands) == (False, True)
+    for ids, syncs in (("[0, 2]", True), ("[1, 3]", False)):
+        bot, _ = load_settings(write_env(tmp_path, f"DISCORD_TOKEN={GOOD_TOKEN}\nJAMGEN_SHARD_COUNT=4\n"
+                                                   f"JAMGEN_SHARD_IDS={ids}\n"))
+        assert (bot.shard_count, bot.shard_ids, bot.syncs_commands) == (4, json.loads(ids), syncs)
+
+
+@pytest.mark.parametrize(("lines", "problem"), [
+    ("JAMGEN_SHARD_COUNT=2\n", "JAMGEN_SHARD_COUNT and JAMGEN_SHARD_IDS go together"),
+    ("JAMGEN_SHARD_IDS=[0]\n", "JAMGEN_SHARD_COUNT and JAMGEN_SHARD_IDS go together"),
+    ("JAMGEN_SHARD_COUNT=2\nJAMGEN_SHARD_IDS=[1, 2]\n", r"JAMGEN_SHARD_IDS \[2\] not in \[0, 2\)"),
+    ("JAMGEN_SHARD_COUNT=2\nJAMGEN_SHARD_IDS=[-1]\n", r"JAMGEN_SHARD_IDS \[-1\] not in \[0, 2\)"),
+    ("JAMGEN_SHARD_COUNT=2\nJAMGEN_SHARD_IDS=[]\n", "JAMGEN_SHARD_IDS must list this process's shards"),
+    ("JAMGEN_SHARD_COUNT=2\nJAMGEN_SHARD_IDS=[1, 1]\n", "each once"),
+    ("JAMGEN_SHARD_COUNT=0\nJAMGEN_SHARD_IDS=[0]\n", "JAMGEN_SHARD_COUNT: Input should be greater than or equal to 1"),
+])
+def test_bad_shards_say_what_to_fix(tmp_path: Path, lines: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(write_env(tmp_path, f"DISCORD_TOKEN={GOOD_TOKEN}\n{lines}"))
 
 
 def test_run_without_token_exits_2_with_help_and_no_traceback(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, connected
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser, connected
 from tests.fakes.models import ADMINISTRATOR
 
 pytestmark = pytest.mark.timeout(30)
@@ -477,3 +477,79 @@ async def test_wait_for_explains_a_timeout(fake: FakeDiscord) -> None:
 
     with pytest.raises(TimeoutError, match=r"never .*last requests: none"):
         await fake.wait_for(never, timeout=0.05)
+
+
+# -- shards -----------------------------------------------------------------------------------------------------
+
+
+def shard_client(shard_id: int, shard_count: int = 2) -> commands.AutoShardedBot:
+    """A process that runs one shard; its ``ping`` answers with the shard it runs."""
+    bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.1,
+                                  shard_ids=[shard_id], shard_count=shard_count)
+
+    @bot.tree.command(description="Ping")
+    async def ping(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"pong from shard {shard_id}")
+
+    return bot
+
+
+async def answer(interaction: FakeInteraction) -> str:
+    callback = await interaction.wait_callback()
+    assert callback.data is not None
+    return str(callback.data["content"])
+
+
+def guild_on(fake: FakeDiscord, shard: tuple[int, int], member: FakeUser) -> tuple[FakeGuild, FakeChannel]:
+    guild = fake.add_guild(f"guild on shard {shard[0]}", shard=shard)
+    guild.add_member(member)
+    return guild, guild.add_channel("jams")
+
+
+def test_a_guild_can_be_made_on_any_shard(fake: FakeDiscord) -> None:
+    for shard_count in (1, 2, 3, 16):
+        for shard_id in range(shard_count):
+            guild = fake.add_guild(shard=(shard_id, shard_count))
+            assert (guild.id >> 22) % shard_count == shard_id
+    ids = list(fake.guilds)
+    assert ids == sorted(ids), "ids made for shards still increase"
+
+
+async def test_each_shard_gets_its_own_guilds_and_their_interactions(fake: FakeDiscord) -> None:
+    alice = fake.add_user("alice")
+    places = [guild_on(fake, (shard_id, 2), alice) for shard_id in (0, 1)]
+    first, second = shard_client(0), shard_client(1)
+    async with connected(fake, first), connected(fake, second):
+        assert [guild.id for guild in first.guilds] == [places[0][0].id]
+        assert [guild.id for guild in second.guilds] == [places[1][0].id]
+        for shard_id, (guild, channel) in enumerate(places):
+            interaction = await fake.send_command("ping", user=alice, guild=guild, channel=channel)
+            assert await answer(interaction) == f"pong from shard {shard_id}"
+        dm = await fake.send_command("ping", user=alice, guild=None, channel=4242)
+        assert await answer(dm) == "pong from shard 0"  # direct messages: shard 0
+    stats = fake.gateway.stats
+    assert (stats.identified, stats.connections) == ([(0, 2), (1, 2)], 2)
+    assert fake.validation_errors == [] and fake.unknown_routes == []
+
+
+async def test_one_shard_resumes_and_gets_what_it_missed(fake: FakeDiscord) -> None:
+    alice = fake.add_user("alice")
+    places = [guild_on(fake, (shard_id, 2), alice) for shard_id in (0, 1)]
+    first, second = shard_client(0), shard_client(1)
+    async with connected(fake, first), connected(fake, second):
+        await fake.disconnect(4000, shard=(1, 2))
+        missed = await fake.send_command("ping", user=alice, guild=places[1][0], channel=places[1][1])
+        meanwhile = await fake.send_command("ping", user=alice, guild=places[0][0], channel=places[0][1])
+        assert await answer(meanwhile) == "pong from shard 0"
+        assert await answer(missed) == "pong from shard 1"  # replayed by its RESUME
+        await fake.wait_for(lambda: fake.gateway.connected)
+    stats = fake.gateway.stats
+    assert (stats.identifies, stats.resumes, stats.connections) == (2, 1, 3)
+
+
+async def test_an_interaction_for_a_shard_no_client_holds_is_refused(fake: FakeDiscord) -> None:
+    alice = fake.add_user("alice")
+    (_, _), (guild, channel) = [guild_on(fake, (shard_id, 2), alice) for shard_id in (0, 1)]
+    async with connected(fake, shard_client(0)):
+        with pytest.raises(RuntimeError, match=r"no client holds the shard .*\[\(0, 2\)\]"):
+            await fake.send_command("ping", user=alice, guild=guild, channel=channel)

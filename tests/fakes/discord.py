@@ -47,7 +47,16 @@ from tests.fakes.interactions import (
     option_definitions,
 )
 from tests.fakes.messages import CallbackRecord, FakeAttachment, FakeInteraction, FakeMessage, RecordedRequest
-from tests.fakes.models import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser, make_snowflake, ready_payload
+from tests.fakes.models import (
+    FakeChannel,
+    FakeGuild,
+    FakeMember,
+    FakeRole,
+    FakeUser,
+    make_snowflake,
+    ready_payload,
+    shard_of,
+)
 from tests.fakes.openapi import OpenApiValidator
 from tests.fakes.rest import base_routes
 from tests.fakes.webhooks import webhook_routes
@@ -145,13 +154,17 @@ class FakeDiscord:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str = "jam server", *, owner_id: int | None = None) -> FakeGuild:
-        """A guild with the bot (and the owner) as members; it is sent in GUILD_CREATE after READY."""
+    def add_guild(self, name: str = "jam server", *, owner_id: int | None = None,
+                  shard: tuple[int, int] | None = None) -> FakeGuild:
+        """A guild with the bot (and the owner) as members; it is sent in GUILD_CREATE after READY.
+
+        ``shard=(shard_id, shard_count)``: its id falls on that shard, so a client holding it gets its events.
+        """
         owner = self.users.get(owner_id) if owner_id is not None else None
         if owner is None:
             owner = self.add_user(f"{name} owner") if owner_id is None else FakeUser(owner_id, "owner")
             self.users[owner.id] = owner
-        guild = FakeGuild(make_snowflake(), name, owner_id=owner.id)
+        guild = FakeGuild(make_snowflake(shard=shard), name, owner_id=owner.id)
         guild.add_member(self.bot_user)
         guild.add_member(owner)
         if self.gateway.ready.is_set():
@@ -216,9 +229,10 @@ class FakeDiscord:
         """Make the interaction's token count as older than ``token_ttl``."""
         interaction.token_expired = True
 
-    async def disconnect(self, code: int = 4000) -> None:
-        """Close the gateway socket; the client should RESUME and get what it missed."""
-        await self.gateway.disconnect(code)
+    async def disconnect(self, code: int = 4000, shard: tuple[int, int] | None = None) -> None:
+        """Close the gateway sockets (``shard``: that shard's only); the client should RESUME and get what it
+        missed."""
+        await self.gateway.disconnect(code, shard)
 
     # Interactions ---------------------------------------------------------------------------------------------
 
@@ -282,6 +296,10 @@ class FakeDiscord:
                                     message: FakeMessage | None = None) -> FakeInteraction:
         if not self.gateway.ready.is_set():
             raise RuntimeError("no client has identified yet: await fake.wait_until_ready() first")
+        guild_id = invoker.guild.id if invoker.guild else None
+        if not self.gateway.holds(guild_id):
+            raise RuntimeError(f"no client holds the shard of guild {guild_id}; shards identified: "
+                               f"{self.gateway.shards}")
         payload = interaction_payload(application_id=self.application_id, kind=kind, data=data, invoker=invoker,
                                       message=self.message_payload(message) if message else None)
         interaction = FakeInteraction(
@@ -353,10 +371,14 @@ class FakeDiscord:
 
     # Gateway --------------------------------------------------------------------------------------------------
 
-    def _on_identify(self, session_id: str) -> list[tuple[str, dict[str, Any]]]:
-        ready = ready_payload(bot_user=self.bot_user, guild_ids=list(self.guilds), session_id=session_id,
-                              gateway_url=self.gateway_url, application_id=self.application_id)
-        return [("READY", ready), *(("GUILD_CREATE", guild.create_payload()) for guild in self.guilds.values())]
+    def _on_identify(self, session_id: str, shard: tuple[int, int]) -> list[tuple[str, dict[str, Any]]]:
+        """READY and a GUILD_CREATE for each guild on ``shard`` (``(shard_id, shard_count)``)."""
+        shard_id, shard_count = shard
+        guilds = [guild for guild in self.guilds.values() if shard_of(guild.id, shard_count) == shard_id]
+        ready = ready_payload(bot_user=self.bot_user, guild_ids=[guild.id for guild in guilds],
+                              session_id=session_id, gateway_url=self.gateway_url,
+                              application_id=self.application_id, shard=shard)
+        return [("READY", ready), *(("GUILD_CREATE", guild.create_payload()) for guild in guilds)]
 
 
 def _describe(predicate: Callable[[], bool]) -> str:

@@ -50,14 +50,26 @@ _snowflake_state = {"last": 0}
 _increment = itertools.count()
 
 
-def make_snowflake(at: float | None = None) -> int:
-    """A real-looking snowflake for the current (or given) wall-clock time, strictly increasing."""
+def make_snowflake(at: float | None = None, *, shard: tuple[int, int] | None = None) -> int:
+    """A real-looking snowflake for the current (or given) wall-clock time, strictly increasing.
+
+    ``shard=(shard_id, shard_count)``: a guild id that falls on that shard (its timestamp is moved up to
+    ``shard_count - 1`` ms later).
+    """
     millis = int((time.time() if at is None else at) * 1000) - DISCORD_EPOCH_MS
     candidate = (millis << 22) | (1 << 17) | (1 << 12) | (next(_increment) & 0xFFF)
     with _snowflake_lock:
         value = max(candidate, _snowflake_state["last"] + 1)
+        if shard is not None:
+            shard_id, shard_count = shard
+            value += ((shard_id - shard_of(value, shard_count)) % shard_count) << 22
         _snowflake_state["last"] = value
     return value
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard that gets a guild's events: ``(guild_id >> 22) % shard_count``; direct messages go to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
 
 
 def iso_now() -> str:
@@ -298,7 +310,7 @@ class FakeGuild:
 
 
 def ready_payload(*, bot_user: FakeUser, guild_ids: list[int], session_id: str, gateway_url: str,
-                  application_id: int) -> dict[str, Any]:
+                  application_id: int, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """The READY dispatch: guilds arrive as unavailable stubs, then one GUILD_CREATE each."""
     return {
         "v": 10,
@@ -307,7 +319,7 @@ def ready_payload(*, bot_user: FakeUser, guild_ids: list[int], session_id: str, 
         "session_id": session_id,
         "session_type": "normal",
         "resume_gateway_url": gateway_url,
-        "shard": [0, 1],
+        "shard": list(shard),
         "application": {"id": str(application_id), "flags": 0},
         "private_channels": [],
         "relationships": [],
