@@ -76,7 +76,8 @@ class JamBot(commands.Bot):
         self.engine: Engine | RemoteEngine
         self.shared: SharedState | None = None
         if redis is not None and redis.url is not None:
-            self.engine = _remote(engine_settings, redis, self.models)
+            name = redis.bot_name or settings.process_name(socket.gethostname())
+            self.engine = _remote(engine_settings, redis, self.models, name)
             self.shared = SharedState(self.engine.redis.client, self.engine.redis.keys)
         else:
             self.engine = Engine(engine_settings, backend_factory=backend_factory)
@@ -184,10 +185,10 @@ def create_bot(settings: BotSettings, engine_settings: EngineSettings, **kwargs:
     return kind(settings, engine_settings, **kwargs)
 
 
-def _remote(engine_settings: EngineSettings, redis: RedisSettings, models: list[str]) -> RemoteEngine:
+def _remote(engine_settings: EngineSettings, redis: RedisSettings, models: list[str], name: str) -> RemoteEngine:
     assert redis.url is not None
     # timeouts: a Redis that hangs must not hold up a slash command (the inbox blocks 1 s at most)
     client = Redis.from_url(redis.url.get_secret_value(), socket_timeout=5.0, socket_connect_timeout=2.0)
     jobs = RedisJobs(client, prefix=redis.prefix, attempts=engine_settings.job_attempts,
                      keep_seconds=redis.keep_seconds)
-    return RemoteEngine(engine_settings, jobs, name=redis.bot_name or socket.gethostname(), models=models)
+    return RemoteEngine(engine_settings, jobs, name=name, models=models)

@@ -13,7 +13,7 @@ import discord
 
 from bot.errors import ConfigError
 from bot.preflight import DEFAULT_PROBES, Probes, preflight
-from bot.settings import load_redis_settings, load_settings
+from bot.settings import check_deployment, load_redis_settings, load_settings
 
 log = logging.getLogger("jamgen")
 
@@ -21,6 +21,7 @@ log = logging.getLogger("jamgen")
 async def serve(env_file: Path | None = Path(".env"), probes: Probes = DEFAULT_PROBES) -> int:
     settings, engine_settings = load_settings(env_file)
     redis = load_redis_settings(env_file)
+    check_deployment(settings, redis)
     preflight(settings.default_format, engine_settings.data_dir, probes)
     # After the preflight: bot.app needs PyAV, whose absence the preflight explains. It imports torch-free
     # code only; the model loads in the background.

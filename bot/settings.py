@@ -138,6 +138,15 @@ class BotSettings(BaseSettings):
         return self.shard_count is not None
 
     @property
+    def some_shards(self) -> bool:
+        """Whether this process runs only some of the bot's shards (the others run elsewhere)."""
+        return self.shard_count is not None and set(self.shard_ids or ()) != set(range(self.shard_count))
+
+    def process_name(self, host: str) -> str:
+        """This process's default name on Redis: the host's, and its shards when it runs some of them."""
+        return f"{host}-shards-{'-'.join(map(str, sorted(self.shard_ids or ())))}" if self.some_shards else host
+
+    @property
     def syncs_commands(self) -> bool:
         """Whether this process syncs the command tree: unsharded, or it runs shard 0 (exactly one does)."""
         return self.shard_ids is None or 0 in self.shard_ids
@@ -164,6 +173,16 @@ def load_redis_settings(env_file: Path | None = Path(".env")) -> RedisSettings:
         return RedisSettings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def check_deployment(bot: BotSettings, redis: RedisSettings) -> None:
+    """Settings that are valid alone but not together; :class:`ConfigError` with the fix."""
+    if bot.some_shards and not redis.enabled:
+        raise ConfigError(
+            f"JAMGEN_SHARD_IDS={bot.shard_ids} runs only some of the {bot.shard_count} shards, so other bot "
+            "processes run the rest: they must share one queue, its limits and the guild settings. Set REDIS_URL "
+            "(see README, \"Scaling out on Redis\"), or run every shard in this process."
+        )
 
 
 def env_file_exposure(env_file: Path | None) -> str | None:

@@ -13,7 +13,7 @@ import discord
 import pytest
 
 from bot.errors import ConfigError
-from bot.settings import BotSettings, load_settings
+from bot.settings import BotSettings, check_deployment, load_redis_settings, load_settings
 
 GOOD_TOKEN = "MTA0NTY3ODkwMTIzNDU2Nzg5MA.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def no_ambient_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DISCORD_TOKEN", "DISCORD_API_BASE_URL", "DISCORD_GATEWAY_URL", "MUSICGEN_MODEL", "JAMGEN_MODELS",
-                 "JAMGEN_SHARD_COUNT", "JAMGEN_SHARD_IDS"):
+                 "JAMGEN_SHARD_COUNT", "JAMGEN_SHARD_IDS", "REDIS_URL", "JAMGEN_BOT_NAME"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -100,6 +100,19 @@ def test_shards_from_json_and_only_shard_0_syncs_commands(tmp_path: Path) -> Non
 def test_bad_shards_say_what_to_fix(tmp_path: Path, lines: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         load_settings(write_env(tmp_path, f"DISCORD_TOKEN={GOOD_TOKEN}\n{lines}"))
+
+
+def test_some_shards_without_redis_are_refused_and_their_name_on_redis_says_which(tmp_path: Path) -> None:
+    shards = f"DISCORD_TOKEN={GOOD_TOKEN}\nJAMGEN_SHARD_COUNT=4\nJAMGEN_SHARD_IDS=[3, 1]\n"
+    bot, _ = load_settings(write_env(tmp_path, shards))
+    with pytest.raises(ConfigError, match="Set REDIS_URL"):
+        check_deployment(bot, load_redis_settings(write_env(tmp_path, shards)))
+    check_deployment(bot, load_redis_settings(write_env(tmp_path, shards + "REDIS_URL=redis://127.0.0.1:1/0\n")))
+    assert bot.process_name("host") == "host-shards-1-3"
+    every, _ = load_settings(write_env(tmp_path, f"DISCORD_TOKEN={GOOD_TOKEN}\nJAMGEN_SHARD_COUNT=2\n"
+                                                 "JAMGEN_SHARD_IDS=[1, 0]\n"))
+    check_deployment(every, load_redis_settings(write_env(tmp_path, "")))  # all shards in one process: no Redis
+    assert every.process_name("host") == "host"
 
 
 def test_run_without_token_exits_2_with_help_and_no_traceback(tmp_path: Path) -> None:
