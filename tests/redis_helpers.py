@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from generation.admission import UserLimits
 from generation.jobs import JobRequest
@@ -36,3 +38,17 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0, exp
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout:g} s\n{explain()}")
         await asyncio.sleep(0.05)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """The samples ``/metrics`` on 127.0.0.1:``port`` serves: (name, sorted labels) -> value. Blocking."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        body = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -141,6 +142,18 @@ def test_a_worker_without_redis_says_what_to_set(tmp_path: Path) -> None:
     result = jamgen("worker", cwd=tmp_path)
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {"REDIS_URL": "redis://127.0.0.1:1/0", "JAMGEN_METRICS_PORT": port}
+        result = jamgen("worker", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "JAMGEN_METRICS_PORT" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from generation.backends.base import Backend
 from generation.jobs import JobRequest, OutputFormat
@@ -22,7 +20,7 @@ from generation.redis.worker import RedisWorker, _cancel
 from generation.settings import EngineSettings
 from generation.worker import Engine
 from tests.helpers import FaultyBackend, decode, oom_over, tiny_backend
-from tests.redis_helpers import NO_LIMITS, until
+from tests.redis_helpers import NO_LIMITS, scrape, until
 
 FAST = WorkerTimings(heartbeat=0.2, reclaim_after=30.0, reap_every=60.0, poll=0.2, retry=0.05, grace=30.0)
 
@@ -169,17 +167,6 @@ async def test_a_serving_worker_is_registered_with_its_speeds_and_withdraws_when
         assert 0 < ttl <= FAST.reclaim_after * 1000, "a worker that dies leaves the registry after reclaim_after"
     assert await registered(redis_jobs) == []
     assert await redis_jobs.client.exists(redis_jobs.keys.worker("worker-a")) == 0
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The samples ``/metrics`` on 127.0.0.1:``port`` serves: (name, labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        body = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
 
 
 async def test_the_metrics_endpoint_moves_as_jobs_run(
