@@ -57,6 +57,14 @@ class EngineSettings(BaseSettings):
         description="capture the decode step as a CUDA graph per row bucket (CUDA only)",
     )
     data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("JAMGEN_DATA_DIR", "data_dir"))
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias=AliasChoices("JAMGEN_METRICS_PORT", "metrics_port"),
+        description="serve Prometheus metrics on this port (/metrics); unset: no metrics endpoint",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, validation_alias=AliasChoices("JAMGEN_METRICS_HOST", "metrics_host"),
+        description="the address the metrics endpoint binds (0.0.0.0: every interface)",
+    )
 
     @field_validator("model")
     @classmethod

@@ -36,6 +36,7 @@ from generation.settings import EngineSettings
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[str], Backend]
+OOM_REASON = "Out of GPU memory even on its own: try a shorter duration."  # a job's failure reason
 
 
 def new_error_id() -> str:
@@ -326,7 +327,7 @@ class Engine:
         error_id = new_error_id()
         log.error("job %s failed [error %s]", handle.id, error_id, exc_info=exc)
         if oom:
-            reason = "Out of GPU memory even on its own: try a shorter duration."
+            reason = OOM_REASON
         elif isinstance(exc, GenerationError):
             reason = str(exc)
         else:

@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--model", default=None, help="also try loading this model (default: MUSICGEN_MODEL)")
     doctor.add_argument("--skip-model", action="store_true", help="do not try to load the model")
 
-    stats = commands.add_parser("stats", help="jobs in the journal by state, and the audio kept")
+    stats = commands.add_parser(
+        "stats", help="jobs in the journal by state, and the audio kept; with REDIS_URL, the live workers and the queue"
+    )
     stats.add_argument("--data-dir", type=Path, default=None, help="default: JAMGEN_DATA_DIR, else data/")
 
     tiny = commands.add_parser("make-test-model", help="write a random-weight MusicGen checkpoint (offline demo)")
@@ -94,10 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
             return asyncio.run(run_worker(EngineSettings(), RedisSettings()))
         if args.command == "stats":
+            from generation.redis.settings import RedisSettings
             from generation.settings import EngineSettings
             from jamgen.stats import run_stats
 
-            return run_stats(args.data_dir or EngineSettings().data_dir)
+            redis = RedisSettings()
+            url = None if redis.url is None else redis.url.get_secret_value()
+            return run_stats(args.data_dir or EngineSettings().data_dir, url, redis.prefix)
         if args.command == "doctor":
             from jamgen.doctor import run_doctor
 

@@ -1,4 +1,8 @@
-"""``jamgen stats``: what the job journal holds, by state, and the audio kept on disk."""
+"""``jamgen stats``: what the job journal holds, by state, and the audio kept on disk.
+
+With ``REDIS_URL`` set, first the live workers and the waiting jobs (:mod:`jamgen.stats_redis`);
+the journal follows where this host has one (a worker host has none).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 from bot.journal import State
 from bot.store import Store
+from generation.redis.keys import DEFAULT_PREFIX
 
 
 async def collect(data_dir: Path) -> tuple[dict[str, int], int, int]:
@@ -22,8 +27,16 @@ async def collect(data_dir: Path) -> tuple[dict[str, int], int, int]:
     return counts, len(files), sum(path.stat().st_size for path in files)
 
 
-def run_stats(data_dir: Path) -> int:
-    if not (data_dir / "jamgen.sqlite3").exists():
+def run_stats(data_dir: Path, redis_url: str | None = None, prefix: str = DEFAULT_PREFIX) -> int:
+    """Print the stats; with ``redis_url``, the workers and the queue first, and the journal only if there is one."""
+    journal = data_dir / "jamgen.sqlite3"
+    if redis_url is not None:
+        from jamgen.stats_redis import run_redis_stats
+
+        run_redis_stats(redis_url, prefix)
+        if not journal.exists():
+            return 0
+    if not journal.exists():
         sys.stderr.write(f"jamgen: no journal in {data_dir}/ yet (the bot creates it when it first starts)\n")
         return 2
     counts, files, size = asyncio.run(collect(data_dir))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from generation.redis import RedisJobs
+from generation.redis.registry import WorkerInfo, publish
 from tests.helpers import decode
+from tests.redis_helpers import NO_LIMITS, request
 from tests.redis_server import RedisServer
 
 JAMGEN = Path(sys.executable).with_name("jamgen")
@@ -141,6 +145,18 @@ def test_a_worker_without_redis_says_what_to_set(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_worker_whose_metrics_port_is_taken_says_so(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {"REDIS_URL": "redis://127.0.0.1:1/0", "JAMGEN_METRICS_PORT": port}
+        result = jamgen("worker", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "JAMGEN_METRICS_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_checkpoint_fails_with_a_plain_message(tmp_path: Path) -> None:
     empty, out = tmp_path / "empty", tmp_path / "out"
     empty.mkdir()
@@ -218,3 +234,46 @@ def test_doctor_refuses_a_precision_the_device_cannot_run(tmp_path: Path) -> Non
     assert result.returncode == 1
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("[FIX] settings: ")]
     assert "fp16 does not run on cpu" in line and "fp32, bf16, int8" in line, line
+
+
+def test_stats_without_redis_reads_the_journal_only(tmp_path: Path) -> None:
+    missing = jamgen("stats", "--data-dir", tmp_path / "data", cwd=tmp_path)
+    assert missing.returncode == 2 and "no journal" in missing.stderr, missing.stderr
+
+    from bot.store import Store
+
+    async def create() -> None:
+        store = Store(tmp_path / "data" / "jamgen.sqlite3")
+        await store.open()
+        await store.close()
+
+    (tmp_path / "data").mkdir()
+    asyncio.run(create())
+    result = ok(jamgen("stats", "--data-dir", tmp_path / "data", cwd=tmp_path))
+    assert result.stdout.startswith("jobs in ") and "workers" not in result.stdout, result.stdout
+
+
+async def test_stats_with_redis_shows_the_workers_and_the_queue_by_guild(
+    redis_server: RedisServer, redis_client: Redis, tmp_path: Path
+) -> None:
+    jobs = RedisJobs(redis_client)
+    await jobs.setup()
+    info = WorkerInfo(
+        name="gpu-1-77-abcdef", model="test-model", rows=8, rows_in_use=3, batching="continuous", throughput=12.5,
+        steps_per_second=50.0, jobs_done=4, jobs_failed=0, started=1.0, host="gpu-1", pid=77,
+    )
+    await publish(redis_client, jobs.keys, info, ttl=30)
+    for akey in ("1234:1", "1234:2", "None:3"):
+        await jobs.admit([request(akey, "test-model")], limits=NO_LIMITS, key=akey)
+    env = {"REDIS_URL": redis_server.url}
+    result = ok(await asyncio.to_thread(jamgen, "stats", "--data-dir", tmp_path / "none", cwd=tmp_path, env=env))
+    lines = result.stdout.splitlines()
+    assert lines[0] == "workers: 1 live", result.stdout
+    assert lines[2].split() == ["gpu-1-77-abcdef", "test-model", "3/8", "12.50", "audio", "s/s"], result.stdout
+    assert "waiting jobs: 3" in lines
+    by_guild = lines[lines.index("  by guild:") + 1 :]
+    assert [line.split() for line in by_guild] == [["1234", "2"], ["DMs", "1"]], result.stdout
+
+    unreachable = await asyncio.to_thread(jamgen, "stats", cwd=tmp_path, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert unreachable.returncode == 2 and "cannot read REDIS_URL" in unreachable.stderr, unreachable.stderr
+    assert "Traceback" not in unreachable.stderr

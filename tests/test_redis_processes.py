@@ -20,10 +20,11 @@ import pytest
 
 from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
+from generation.redis.registry import live_workers
 from generation.redis.settings import RedisSettings
 from tests.bot_harness import World, job_of, posts_of, running_bot
-from tests.redis_helpers import NO_LIMITS, until
-from tests.redis_server import RedisServer
+from tests.redis_helpers import NO_LIMITS, scrape, until
+from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS_TIMEOUT = 240.0  # seconds: workers are processes that load the model first
@@ -180,3 +181,31 @@ async def test_with_every_worker_killed_the_bot_posts_each_track_once_after_a_ne
     assert len(set(ids)) == len(asks) and all(len(posts_of(world, job_id)) == 1 for job_id in ids)
     records = [await redis_jobs.job(job_id) for job_id in ids]
     assert {record.attempt for record in records if record is not None} == {2}, "every job ran again"
+
+
+async def test_a_worker_process_registers_serves_metrics_and_withdraws_when_stopped(
+    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+) -> None:
+    port = free_port()
+    workers.env["JAMGEN_METRICS_PORT"] = str(port)
+    process = workers.start()
+    ids = await admit(redis_jobs, tiny_model_dir, 2, duration=1.0)
+
+    async def all_done() -> bool:
+        return len(await finished(redis_jobs, ids)) == len(ids)
+
+    async def counted() -> bool:
+        return [entry.jobs_done for entry in await live_workers(redis_jobs.client, redis_jobs.keys)] == [2]
+
+    await until(all_done, WORKERS_TIMEOUT, workers.logs)
+    await until(counted, 30, workers.logs)
+    (entry,) = await live_workers(redis_jobs.client, redis_jobs.keys)
+    assert (entry.pid, entry.model, entry.rows) == (process.pid, str(tiny_model_dir), 4)
+    assert entry.throughput is not None and entry.throughput > 0
+    samples = await asyncio.to_thread(scrape, port)
+    assert samples[("jamgen_jobs_ended_total", (("state", "done"),))] == 2
+    assert samples[("jamgen_rows", ())] == 4
+    assert samples[("jamgen_audio_seconds_per_second", ())] == pytest.approx(entry.throughput)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 60) == 0, workers.logs()
+    assert await live_workers(redis_jobs.client, redis_jobs.keys) == [], "a worker that stops leaves the registry"

@@ -38,6 +38,14 @@ key                         type     what
                                      instead of a path), for ``keep_seconds``
 ``progress:{id}``           channel  progress snapshots as JSON (``job``, ``attempt``, ``done``,
                                      ``total``): pub/sub, lossy; the hash keeps the latest
+``worker:{name}``           hash     a live worker (:mod:`~generation.redis.registry`): ``model``, ``rows``,
+                                     ``rows_in_use``, ``batching``, ``throughput`` and ``steps_per_second``
+                                     (absent until measured), ``jobs_done``, ``jobs_failed``, ``started``,
+                                     ``host``, ``pid``, ``seen`` (server time, s). Rewritten every heartbeat;
+                                     expires ``reclaim_after`` after the last, deleted on a clean stop
+``workers``                 zset     worker names scored by ``seen``; readers drop names whose hash expired
+``models``                  zset     every model a worker has served (raw id), scored by when last seen:
+                                     where readers find waiting jobs (``ready:{model}``) without scanning keys
 ==========================  =======  ===========================================================
 
 The scripts build key names from the prefix, so this needs one Redis (not Redis Cluster).

@@ -89,6 +89,20 @@ class Keys:
     def rate(self, key: str) -> str:
         return f"{self.prefix}rate:{key}"
 
+    @property
+    def workers(self) -> str:
+        """The live workers' names, scored by when each was last seen (server time, s)."""
+        return self.prefix + "workers"
+
+    @property
+    def models(self) -> str:
+        """The models workers have served (raw ids), scored by when one was last seen serving it."""
+        return self.prefix + "models"
+
+    def worker(self, name: str) -> str:
+        """A worker's registry hash (see :mod:`generation.redis.registry`)."""
+        return f"{self.prefix}worker:{name}"
+
     def progress(self, job_id: str) -> str:
         """The pub/sub channel of one job's progress (``progress:*`` for every job's)."""
         return f"{self.prefix}progress:{job_id}"

@@ -7,9 +7,11 @@ continuous batching a running batch picks them up at its next step. It follows e
 settles it in Redis: the result, a failure, or (at shutdown) a release. Everything it reports
 is fenced on its lease, so a worker that lost a job publishes nothing for it.
 
-Beside the feed, three loops: heartbeats of the jobs it holds (a job whose lease is gone is
+Beside the feed, four loops: heartbeats of the jobs it holds (a job whose lease is gone is
 cancelled here), the reaper that puts back the jobs of workers that stopped heart-beating,
-and a listener that wakes the feed when jobs are queued.
+a listener that wakes the feed when jobs are queued, and the worker's own heartbeat: its entry
+in the registry (:mod:`generation.redis.registry`, gone ``reclaim_after`` after its last
+heartbeat, or at once when it stops) and its metrics (:mod:`generation.metrics`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from redis.exceptions import RedisError
 
 from generation.errors import EngineClosed
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress
+from generation.metrics import Metrics
+from generation.redis import registry
 from generation.redis.inputs import fetch_inputs, fetched_files
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Lease
 from generation.redis.results import pack
 from generation.redis.settings import WorkerTimings
+from generation.redis.status import WorkerBook, failure_reason
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
@@ -48,12 +53,14 @@ class RedisWorker:
     """Feed ``engine`` from ``jobs`` for ``engine.settings.model`` until :meth:`stop`."""
 
     def __init__(self, jobs: RedisJobs, engine: Engine, *, name: str | None = None,
-                 timings: WorkerTimings | None = None) -> None:
+                 timings: WorkerTimings | None = None, metrics: Metrics | None = None) -> None:
         self.jobs = jobs
         self.engine = engine
         self.name = name or worker_name()
         self.timings = timings or WorkerTimings()
         self.model = engine.settings.model
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.book = WorkerBook(self.name, engine, self.metrics)
         self._held: dict[str, Lease] = {}  # run entry -> lease, from the take until it is settled
         self._rows: set[str] = set()  # entries of held jobs waiting in the engine or generating
         self._lost: set[str] = set()  # entries whose lease is gone: settled by nobody here
@@ -78,7 +85,10 @@ class RedisWorker:
         """Serve until :meth:`stop`; returns once every held job is settled."""
         await _retrying(self.jobs.setup, self.timings.retry, self.timings.heartbeat, self._stopping)
         log.info("worker %s serving %s with %d rows", self.name, self.model, self.engine.settings.max_batch)
+        with contextlib.suppress(RedisError):
+            await self._publish()
         beside = [
+            asyncio.create_task(self._every(self.timings.heartbeat, self._publish), name="jamgen-registry"),
             asyncio.create_task(self._every(self.timings.heartbeat, self._beat), name="jamgen-heartbeat"),
             asyncio.create_task(self._every(self.timings.reap_every, self._reap), name="jamgen-reaper"),
             asyncio.create_task(self._listen(), name="jamgen-wake"),
@@ -87,10 +97,11 @@ class RedisWorker:
             await self._feed()
             await self._drain()
         finally:
-            for task in beside:
-                task.cancel()
-            await asyncio.gather(*beside, return_exceptions=True)
+            await _cancel(beside)
             await self._give_back(list(self._held.values()))
+            with contextlib.suppress(RedisError):
+                await registry.withdraw(self.jobs.client, self.jobs.keys, self.name)
+            self.book.observe(0)
         log.info("worker %s stopped", self.name)
 
     # -- the feed ----------------------------------------------------------------------------
@@ -138,7 +149,7 @@ class RedisWorker:
             return
         except Exception as exc:  # a request this worker cannot run: the job's own fault
             log.warning("job %s refused: %s", lease.job_id, exc)
-            await self._settle(lease, partial(self.jobs.fail, lease, str(exc)))
+            await self._end(lease, partial(self.jobs.fail, lease, str(exc)), partial(self.book.failed_job, "invalid"))
             return
         try:
             await self._follow(lease, handle)
@@ -155,37 +166,47 @@ class RedisWorker:
         """Report one job's events to Redis; settle it when it ends."""
         async for event in handle.events():
             if isinstance(event, Progress):
+                self.book.steps.progress(lease.entry, event.done)
                 await self._quietly(self.jobs.progress(lease, event.done, event.total))
             elif isinstance(event, Encoding):
                 self._free(lease.entry)
             elif isinstance(event, Finished):
-                await self._settle(lease, partial(self.jobs.complete, lease, pack(event.audio)))
+                await self._end(lease, partial(self.jobs.complete, lease, pack(event.audio)), self.book.finished)
             elif isinstance(event, Failed):
-                await self._settle(lease, partial(self.jobs.fail, lease, event.reason))
+                counted = partial(self.book.failed_job, failure_reason(event.reason))
+                await self._end(lease, partial(self.jobs.fail, lease, event.reason), counted)
             elif isinstance(event, Cancelled):
                 if lease.entry in self._lost:
                     self._forget(lease.entry)
                 else:
                     await self._settle(lease, partial(self.jobs.release, [lease]))
 
-    async def _settle(self, lease: Lease, report: Callable[[], Awaitable[object]]) -> None:
+    async def _settle(self, lease: Lease, report: Callable[[], Awaitable[T]]) -> T:
         """Report a job's end, retrying while Redis is away (a fenced report is safe to repeat)."""
         try:
-            await _retrying(report, self.timings.retry, self.timings.heartbeat, None)
+            return await _retrying(report, self.timings.retry, self.timings.heartbeat, None)
         finally:
             self._forget(lease.entry)
+
+    async def _end(self, lease: Lease, report: Callable[[], Awaitable[bool]], count: Callable[[], None]) -> None:
+        """Settle a job's end; ``count`` it if the lease still held (a fenced-out report counts nowhere)."""
+        if await self._settle(lease, report):
+            count()
 
     def _free(self, entry: str) -> None:
         self._rows.discard(entry)
         self._wake.set()
 
     def _forget(self, entry: str) -> None:
+        self.book.steps.forget(entry)
         self._free(entry)
         self._held.pop(entry, None)
         self._lost.discard(entry)
 
     def _lose(self, lease: Lease) -> None:
         """The lease is gone (reclaimed): stop the job here and report nothing for it."""
+        if lease.entry not in self._lost:
+            self.book.lost()
         self._lost.add(lease.entry)
         if not self.engine.cancel(lease.entry, "This job was given to another worker."):
             self._forget(lease.entry)
@@ -209,7 +230,15 @@ class RedisWorker:
                 self._lose(lease)
 
     async def _reap(self) -> None:
-        await self.jobs.reclaim(self.name, self.timings.reclaim_after)
+        done = await self.jobs.reclaim(self.name, self.timings.reclaim_after)
+        self.book.dead_lettered(len(done.dead))
+
+    async def _publish(self) -> None:
+        """The worker's own heartbeat: its registry entry (alive for ``reclaim_after``) and its gauges."""
+        self.book.observe(len(self._rows))
+        info = self.book.info(len(self._rows))
+        await registry.publish(self.jobs.client, self.jobs.keys, info, self.timings.reclaim_after)
+        self.metrics.queue_depth.set(await self.jobs.waiting())
 
     async def _listen(self) -> None:
         """Wake the feed when jobs of this model are queued (lossy: the feed also polls)."""
@@ -259,6 +288,17 @@ class RedisWorker:
             await report
         except RedisError as exc:
             self._unreachable(exc)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]], every: float = 0.1) -> None:
+    """Cancel ``tasks`` and wait for them to end, cancelling again those that live on: redis-py
+    (8.1) can lose a cancellation that lands while a command is in flight, and the loop goes on."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their exceptions
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], first: float, longest: float,
