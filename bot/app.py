@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from bot.errors import report
 from bot.exts import EXTENSIONS
 from bot.housekeeping import prune_forever
+from bot.monitoring import keep_gauges
 from bot.pipeline import Pipeline
 from bot.recovery import recover
 from bot.settings import BotSettings
@@ -26,11 +27,13 @@ from bot.shared import SharedState
 from bot.store import Store
 from bot.ui.buttons import result_view
 from generation.errors import ModelLoadError
+from generation.metrics import Metrics
 from generation.models import resolve_model_id
 from generation.redis import RedisJobs
 from generation.redis.remote import RemoteEngine
 from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
+from generation.tasks import cancel_and_wait
 from generation.worker import BackendFactory, Engine
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,8 @@ class JamBot(commands.Bot):
         else:
             self.engine = Engine(engine_settings, backend_factory=backend_factory)
         self.store = Store(engine_settings.data_dir / "jamgen.sqlite3", shared=self.shared)
-        self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view)
+        self.metrics = Metrics()
+        self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view, metrics=self.metrics)
         self._warm_up: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []  # run until close() cancels them
         self._closing = False
@@ -100,6 +104,7 @@ class JamBot(commands.Bot):
         self._background.append(asyncio.create_task(
             prune_forever(self.store, self.settings.retention_days), name="jamgen-housekeeping"
         ))
+        self._background.append(asyncio.create_task(keep_gauges(self.engine, self.metrics), name="jamgen-gauges"))
         if self.shared is not None:
             self._background.append(asyncio.create_task(
                 self.shared.follow(self.store.apply_shared), name="jamgen-guild-settings"
@@ -161,9 +166,7 @@ class JamBot(commands.Bot):
             self._closing = True
             log.info("shutting down")
             try:
-                for task in self._background:
-                    task.cancel()
-                await asyncio.gather(*self._background, return_exceptions=True)
+                await cancel_and_wait(self._background)
                 await self.pipeline.shutdown(self.settings.shutdown_grace)
                 if self._warm_up is not None:
                     await self._warm_up

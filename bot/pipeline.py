@@ -31,6 +31,7 @@ from generation.admission import Admission, UserLimits, estimate_waits, estimate
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
+from generation.metrics import FailureReason, Metrics, failure_reason
 from generation.redis.remote import RemoteEngine
 from generation.worker import Engine
 
@@ -59,13 +60,14 @@ class Pipeline:
     def __init__(
         self, client: discord.Client, engine: Engine | RemoteEngine, store: Store, settings: BotSettings,
         view_factory: ViewFactory,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
         self.store = store
         self.settings = settings
         self.admission = Admission(clock)
+        self.metrics = metrics if metrics is not None else Metrics()
         self.accepting = True
         self.stopping = False
         self._view_factory = view_factory
@@ -217,7 +219,12 @@ class Pipeline:
             self.engine.cancel(job_id, "delivery failed")
             status.set(ticket.render())
             await self._journal(job_id, State.FAILED, reason=reason)
+            self._count_failure("error")
             await self._tell_if_gone(ticket, f"your track `{job_id}` failed: {reason}")
+
+    def _count_failure(self, reason: FailureReason) -> None:
+        self.metrics.ended("failed")
+        self.metrics.failed(reason)
 
     async def _on_event(self, ticket: Ticket, handle: JobHandle, event: object) -> None:
         if isinstance(event, Started):
@@ -235,6 +242,7 @@ class Pipeline:
         elif isinstance(event, Failed):
             ticket.set_line(handle.id, ended_line("failed", event.reason))
             await self._journal(handle.id, State.FAILED, reason=event.reason)
+            self._count_failure(failure_reason(event.reason))
             await self._tell_if_gone(ticket, f"your track `{handle.id}` failed: {event.reason}")
         elif isinstance(event, Cancelled):
             await self._on_cancelled(ticket, handle, event)
@@ -246,6 +254,7 @@ class Pipeline:
             return
         ticket.set_line(handle.id, ended_line("cancelled", event.reason))
         await self._journal(handle.id, State.CANCELLED, reason=event.reason)
+        self.metrics.ended("cancelled")
 
     # -- delivery -----------------------------------------------------------------------------
     async def _deliver(
@@ -268,6 +277,8 @@ class Pipeline:
         done = await deliver(ticket.reply, post)
         await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
         self._look_first.discard(job_id)
+        self.metrics.ended("done")
+        self.metrics.delivery_seconds.observe(max(0.0, time.time() - ticket.reply.interaction_at))
         where = "below" if done.via == "followup" else "in the channel"
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 

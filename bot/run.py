@@ -14,6 +14,7 @@ import discord
 from bot.errors import ConfigError
 from bot.preflight import DEFAULT_PROBES, Probes, preflight
 from bot.settings import check_deployment, load_redis_settings, load_settings
+from generation.metrics import MetricsUnavailable, serve_metrics
 
 log = logging.getLogger("jamgen")
 
@@ -28,19 +29,27 @@ async def serve(env_file: Path | None = Path(".env"), probes: Probes = DEFAULT_P
     from bot.app import create_bot
 
     bot = create_bot(settings, engine_settings, redis=redis)
+    try:
+        metrics = serve_metrics(bot.metrics, engine_settings.metrics_port, engine_settings.metrics_host)
+    except MetricsUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with bot:
-        runner = asyncio.create_task(bot.start(settings.token.get_secret_value()), name="discord-client")
-        stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            log.info("signal received: stopping")
-        await bot.close()
-        stopper.cancel()
-        results = await asyncio.gather(runner, stopper, return_exceptions=True)
+    try:
+        async with bot:
+            runner = asyncio.create_task(bot.start(settings.token.get_secret_value()), name="discord-client")
+            stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                log.info("signal received: stopping")
+            await bot.close()
+            stopper.cancel()
+            results = await asyncio.gather(runner, stopper, return_exceptions=True)
+    finally:
+        if metrics is not None:
+            metrics.close()
     error = results[0]
     if isinstance(error, discord.LoginFailure):
         raise ConfigError(f"Discord refused the token ({error}). Check DISCORD_TOKEN in .env.")

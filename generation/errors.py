@@ -52,3 +52,6 @@ def free_accelerator_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+OOM_REASON = "Out of GPU memory even on its own: try a shorter duration."  # a job's failure reason

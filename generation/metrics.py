@@ -29,6 +29,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from generation.errors import OOM_REASON, GenerationError
+
 log = logging.getLogger(__name__)
 
 EndState = Literal["done", "failed", "cancelled"]
@@ -36,6 +38,27 @@ FailureReason = Literal["oom", "invalid", "error", "lost", "dead_letter"]
 END_STATES: tuple[EndState, ...] = get_args(EndState)
 FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 DELIVERY_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+
+
+def failure_reason(reason: str) -> FailureReason:
+    """The metrics' class of a job's failure from the engine's words (the words are free text; the class is not)."""
+    return "oom" if reason == OOM_REASON else "error"
+
+
+class MetricsUnavailable(GenerationError):
+    """``JAMGEN_METRICS_PORT`` cannot be bound."""
+
+
+def serve_metrics(metrics: Metrics, port: int | None, host: str) -> MetricsServer | None:
+    """The ``/metrics`` endpoint of ``metrics`` when a port is set (``JAMGEN_METRICS_PORT``), else ``None``."""
+    if port is None:
+        return None
+    try:
+        return metrics.serve(port, host)
+    except OSError as exc:
+        raise MetricsUnavailable(
+            f"cannot serve metrics on {host}:{port} ({exc}): free the port or change JAMGEN_METRICS_PORT"
+        ) from exc
 
 
 @dataclass

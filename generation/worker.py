@@ -27,7 +27,14 @@ import numpy as np
 from generation.admission import Throughput, ThroughputMeter
 from generation.backends.base import Backend, GenerationTask, Join
 from generation.encode import EncodeOptions, encode, normalize
-from generation.errors import EngineClosed, GenerationError, InvalidJob, ModelLoadError, is_out_of_memory
+from generation.errors import (
+    OOM_REASON,
+    EngineClosed,
+    GenerationError,
+    InvalidJob,
+    ModelLoadError,
+    is_out_of_memory,
+)
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Queued, Started
 from generation.jobs import JobRequest, Normalization
 from generation.queue import FairQueue, JobQueue
@@ -36,7 +43,6 @@ from generation.settings import EngineSettings
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[str], Backend]
-OOM_REASON = "Out of GPU memory even on its own: try a shorter duration."  # a job's failure reason
 
 
 def new_error_id() -> str:

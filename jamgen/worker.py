@@ -7,7 +7,7 @@ import logging
 import signal
 
 from generation.errors import GenerationError
-from generation.metrics import Metrics, MetricsServer
+from generation.metrics import Metrics, serve_metrics
 from generation.redis import RedisJobs
 from generation.redis.settings import RedisSettings
 from generation.redis.worker import RedisWorker
@@ -21,15 +21,11 @@ class NoRedis(GenerationError):
     """``jamgen worker`` without ``REDIS_URL``."""
 
 
-class MetricsUnavailable(GenerationError):
-    """``JAMGEN_METRICS_PORT`` cannot be bound."""
-
-
 async def run_worker(engine_settings: EngineSettings, redis_settings: RedisSettings) -> int:
     if redis_settings.url is None:
         raise NoRedis("jamgen worker takes jobs from Redis: set REDIS_URL (see README, \"Scaling out\").")
     metrics = Metrics()
-    server = _serve_metrics(metrics, engine_settings)
+    server = serve_metrics(metrics, engine_settings.metrics_port, engine_settings.metrics_host)
     jobs = RedisJobs.from_url(
         redis_settings.url.get_secret_value(), prefix=redis_settings.prefix,
         attempts=engine_settings.job_attempts, keep_seconds=redis_settings.keep_seconds,
@@ -53,16 +49,3 @@ async def _serve(jobs: RedisJobs, engine_settings: EngineSettings, redis_setting
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, worker.stop)
         await worker.run()
-
-
-def _serve_metrics(metrics: Metrics, settings: EngineSettings) -> MetricsServer | None:
-    """The ``/metrics`` endpoint when ``JAMGEN_METRICS_PORT`` is set."""
-    if settings.metrics_port is None:
-        return None
-    try:
-        return metrics.serve(settings.metrics_port, settings.metrics_host)
-    except OSError as exc:
-        raise MetricsUnavailable(
-            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} ({exc}): "
-            "free the port or change JAMGEN_METRICS_PORT"
-        ) from exc

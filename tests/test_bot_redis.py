@@ -19,8 +19,9 @@ from bot.shared import SharedState
 from bot.store import GuildSettings
 from generation.backends.base import Backend
 from generation.jobs import JobRequest
-from generation.redis import RedisJobs
+from generation.redis import RedisJobs, registry
 from generation.redis.inbox import GROUP
+from generation.redis.registry import WorkerInfo
 from generation.redis.remote import RemoteEngine
 from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
@@ -193,6 +194,25 @@ async def test_queue_and_cancel_see_every_bot_s_jobs_in_redis(
     assert len(job_ids) == 2, "the cancelled job left the queue in Redis"
 
 
+async def test_etas_use_the_throughput_of_every_live_worker(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """Two workers of one row each, 1 audio-s/s each: the two 8 s jobs ahead run side by side, so the third
+    starts in 8 s (one worker alone would make it 16)."""
+    for name in ("w1", "w2"):
+        info = WorkerInfo(name=name, model=str(tiny_model_dir), rows=1, rows_in_use=0, batching="continuous",
+                          throughput=1.0, steps_per_second=50.0, jobs_done=0, jobs_failed=0, started=0.0,
+                          host="gpu", pid=1)
+        await registry.publish(redis_jobs.client, redis_jobs.keys, info, ttl=60.0)
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path, engine={"max_batch": 8}) as bot:
+        await until(lambda: _capacity_is(bot, 2))
+        for user in (world.bob, world.mod):
+            assert (await (await world.generate(user=user, prompt="ahead", duration=8)).wait_callback()).type == 5
+        third = await world.generate(prompt="third", duration=4)
+        assert (await third.wait_callback()).type == 5
+        await world.fake.wait_for(lambda: "starts in ~8 s" in (third.original.content if third.original else ""))
+
+
 async def test_with_redis_down_a_request_is_refused_with_a_reason(
     world: World, redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
@@ -224,6 +244,11 @@ async def test_redis_killed_and_restarted_under_the_bot_loses_no_accepted_job(
     finally:
         await jobs.aclose()
         server.stop()
+
+
+async def _capacity_is(bot: JamBot, rows: int) -> bool:
+    assert isinstance(bot.engine, RemoteEngine)
+    return bot.engine.throughput.rows == rows and bot.engine.settings.max_batch == rows
 
 
 async def _delivered(data_dir: Path, job_id: str) -> bool:

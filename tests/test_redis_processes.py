@@ -147,6 +147,11 @@ async def test_the_bot_and_two_worker_processes_post_every_track_once(
 ) -> None:
     workers.start()
     workers.start()
+
+    async def both_up() -> bool:
+        return len(await live_workers(redis_jobs.client, redis_jobs.keys)) == 2
+
+    await until(both_up, WORKERS_TIMEOUT, workers.logs)  # else the first to load may take every job
     redis = RedisSettings(url=redis_server.url, bot_name="bot-a")  # type: ignore[call-arg]
     async with running_bot(world.fake, tiny_model_dir, tmp_path / "bot", redis=redis):
         asks = [await world.generate(user=user, prompt=f"{user.name} {index}", duration=2)

@@ -14,7 +14,7 @@ from generation.redis import RedisJobs
 from generation.redis.registry import WorkerInfo, live_workers, throughput_by_model
 from generation.redis.results import unpack
 from generation.redis.settings import WorkerTimings
-from generation.redis.worker import _cancel
+from generation.tasks import cancel_and_wait
 from tests.helpers import decode, oom_over
 from tests.redis_helpers import FAST, NO_LIMITS, scrape, serving, until
 
@@ -223,5 +223,5 @@ async def test_stopping_outlasts_a_lost_cancellation() -> None:
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    await asyncio.wait_for(_cancel([task], every=0.05), 5)
+    await asyncio.wait_for(cancel_and_wait([task], every=0.05), 5)
     assert swallowed.is_set() and task.cancelled()

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from generation.admission import Throughput, UserLimits
+from generation.admission import UserLimits
 from generation.errors import EngineClosed, GenerationError, InvalidJob
 from generation.events import Cancelled, Failed, Finished, JobEvent, JobHandle, JobState, Progress, Queued, Started
 from generation.jobs import JobRequest
@@ -33,15 +36,34 @@ from generation.redis.inbox import Inbox
 from generation.redis.inputs import upload_inputs
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Event, text
+from generation.redis.registry import WorkerInfo, live_workers
 from generation.redis.results import unpack
 from generation.settings import EngineSettings
+from generation.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 Adopter = Callable[[str, JobRequest, str | None], Awaitable[JobHandle | None]]
+CAPACITY_EVERY = 5.0  # seconds between reads of the worker registry
 ADMIT_TIMEOUT = 2.0  # seconds: Discord wants an answer to a command within 3
 EXPIRED = "This job's record is gone from the queue (it was kept too long); please ask again."
 RESULT_GONE = "The track was made, but its file expired before it could be posted; please ask again."
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the live workers of the bot's models do together, from the registry: ``rate`` audio seconds per
+    wall second (``None`` until one has measured it), in ``rows`` rows."""
+
+    rate: float | None = None
+    rows: int = 0
+    workers: int = 0
+
+    @classmethod
+    def of(cls, workers: Sequence[WorkerInfo], models: Sequence[str]) -> Capacity:
+        serving = [worker for worker in workers if worker.model in models]
+        rates = [worker.throughput for worker in serving if worker.throughput is not None]
+        return cls(sum(rates) if rates else None, sum(worker.rows for worker in serving), len(serving))
 
 
 class QueueUnavailable(GenerationError):
@@ -54,13 +76,16 @@ class RemoteEngine:
     def __init__(
         self, settings: EngineSettings, jobs: RedisJobs, *, name: str, models: Sequence[str], poll: float = 0.5,
     ) -> None:
-        self.settings = settings
+        self.settings = settings  # with the live workers' rows as max_batch (for ETAs), once they are known
+        self._settings = settings
         self.redis = jobs
         self.name = name
         self.models = list(models)
         self.poll = poll
         self.inbox = Inbox(jobs.client, jobs.keys, name)
-        self.throughput = Throughput()  # the live workers' (not measured here)
+        self.throughput = Capacity()  # the live workers' (nothing is measured here)
+        self.capacity_every = max(poll, CAPACITY_EVERY)
+        self._capacity_at = -math.inf
         self.adopt: Adopter | None = None
         self._handles: dict[str, JobHandle] = {}
         self._entries: dict[str, str] = {}  # job id -> its end's inbox entry, acknowledged by settled()
@@ -85,9 +110,7 @@ class RemoteEngine:
         """Stop following; every job still open here ends (for this process) as cancelled with ``reason``.
         Nothing changes in Redis: the jobs go on, and their ends wait in the inbox."""
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         for handle in list(self._handles.values()):
             handle.emit(Cancelled(reason))
 
@@ -168,6 +191,10 @@ class RemoteEngine:
             await asyncio.sleep(self.poll)
 
     async def _poll(self) -> None:
+        now = time.monotonic()
+        if now - self._capacity_at >= self.capacity_every:
+            self._capacity_at = now
+            self._set_capacity(Capacity.of(await live_workers(self.redis.client, self.redis.keys), self.models))
         order: list[str] = []
         for model in self.models:
             order += await self.redis.ordered(model)
@@ -219,6 +246,13 @@ class RemoteEngine:
         if done is not None and total is not None:
             events.append(Progress(int(done), int(total)))
         return events
+
+    def _set_capacity(self, capacity: Capacity) -> None:
+        if capacity.workers == 0 and self.throughput.workers > 0:
+            log.warning("no worker serves %s: jobs wait until one starts", ", ".join(self.models))
+        self.throughput = capacity
+        rows = capacity.rows or self._settings.max_batch
+        self.settings = self._settings.model_copy(update={"max_batch": rows})
 
     # -- the inbox --------------------------------------------------------------------------------
     async def _read_forever(self) -> None:

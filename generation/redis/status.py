@@ -10,14 +10,9 @@ from collections.abc import Callable
 
 from generation.metrics import FailureReason, Metrics
 from generation.redis.registry import WorkerInfo
-from generation.worker import OOM_REASON, Engine
+from generation.worker import Engine
 
 Clock = Callable[[], float]
-
-
-def failure_reason(reason: str) -> FailureReason:
-    """The metrics' class of a job's failure from the engine's words (the words are free text; the class is not)."""
-    return "oom" if reason == OOM_REASON else "error"
 
 
 class StepRate:

@@ -30,14 +30,15 @@ from redis.exceptions import RedisError
 
 from generation.errors import EngineClosed
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, Progress
-from generation.metrics import Metrics
+from generation.metrics import Metrics, failure_reason
 from generation.redis import registry
 from generation.redis.inputs import fetch_inputs, fetched_files
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Lease
 from generation.redis.results import pack
 from generation.redis.settings import WorkerTimings
-from generation.redis.status import WorkerBook, failure_reason
+from generation.redis.status import WorkerBook
+from generation.tasks import cancel_and_wait
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class RedisWorker:
             await self._feed()
             await self._drain()
         finally:
-            await _cancel(beside)
+            await cancel_and_wait(beside)
             await self._give_back(list(self._held.values()))
             with contextlib.suppress(RedisError):
                 await registry.withdraw(self.jobs.client, self.jobs.keys, self.name)
@@ -288,17 +289,6 @@ class RedisWorker:
             await report
         except RedisError as exc:
             self._unreachable(exc)
-
-
-async def _cancel(tasks: list[asyncio.Task[None]], every: float = 0.1) -> None:
-    """Cancel ``tasks`` and wait for them to end, cancelling again those that live on: redis-py
-    (8.1) can lose a cancellation that lands while a command is in flight, and the loop goes on."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every)
-    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their exceptions
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], first: float, longest: float,
