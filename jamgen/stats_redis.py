@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from generation.errors import GenerationError
 from generation.redis import RedisJobs
 from generation.redis.records import text
-from generation.redis.registry import WorkerInfo, live_workers, served_models
+from generation.redis.registry import WorkerInfo, known_models, live_workers
 
 DMS = "DMs"  # the guild column of jobs asked for outside a guild
 TIMEOUT = 5.0  # seconds to connect to Redis, and for each answer
@@ -45,7 +45,7 @@ class Waiting:
 
     @property
     def unlisted(self) -> int:
-        """Waiting jobs of models no worker has served (not walked)."""
+        """Waiting jobs of models missing from ``models`` (not walked; queued by an older jamgen)."""
         return max(0, self.total - sum(self.by_model.values()))
 
 
@@ -54,7 +54,7 @@ async def waiting(jobs: RedisJobs) -> Waiting:
     total = await jobs.waiting()
     by_model: dict[str, int] = {}
     job_ids: list[str] = []
-    for model in await served_models(jobs.client, jobs.keys):
+    for model in await known_models(jobs.client, jobs.keys):
         queued = await jobs.ordered(model)
         if queued:
             by_model[model] = len(queued)
@@ -95,7 +95,7 @@ def waiting_lines(queue: Waiting) -> list[str]:
     lines = [f"waiting jobs: {queue.total}"]
     by_model = dict(queue.by_model)
     if queue.unlisted:
-        by_model["(models no worker has served)"] = queue.unlisted
+        by_model["(models not listed)"] = queue.unlisted
     lines += _table("by model", by_model)
     lines += _table("by guild", queue.by_guild)
     return lines

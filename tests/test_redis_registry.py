@@ -10,9 +10,9 @@ from redis.asyncio import Redis
 from generation.redis import Keys
 from generation.redis.registry import (
     WorkerInfo,
+    known_models,
     live_workers,
     publish,
-    served_models,
     throughput_by_model,
     withdraw,
 )
@@ -60,7 +60,7 @@ async def test_a_worker_that_stops_cleanly_withdraws_at_once(redis_client: Redis
     await withdraw(redis_client, KEYS, "w1")
     assert await live_workers(redis_client, KEYS) == []
     assert await redis_client.exists(KEYS.worker("w1"), KEYS.workers) == 0
-    assert await served_models(redis_client, KEYS) == ["m"], "the model stays known after its worker left"
+    assert await known_models(redis_client, KEYS) == ["m"], "the model stays known after its worker left"
 
 
 async def test_a_malformed_entry_is_skipped_not_fatal(redis_client: Redis) -> None:

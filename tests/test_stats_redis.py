@@ -34,16 +34,20 @@ async def test_waiting_jobs_are_counted_by_model_and_guild(redis_jobs: RedisJobs
     await publish(redis_jobs.client, redis_jobs.keys, worker("w1", "test-model"), ttl=30)
     for akey, owner in [("111:1", "1"), ("111:2", "2"), ("111:2", "2"), ("222:3", "3"), ("None:4", "4")]:
         await admit(redis_jobs, akey, "test-model", owner)
-    await admit(redis_jobs, "333:5", "other-model", "5")  # no worker has served other-model
+    await admit(redis_jobs, "333:5", "other-model", "5")  # no worker has served other-model: still listed
     assert [lease.job_id for lease in await redis_jobs.take("w1", "test-model", 1)]  # running: no longer waiting
     queue = await waiting(redis_jobs)
-    assert queue == Waiting(total=5, by_model={"test-model": 4}, by_guild={"111": 2, "222": 1, DMS: 1})
+    assert queue == Waiting(total=5, by_model={"test-model": 4, "other-model": 1},
+                            by_guild={"111": 2, "222": 1, "333": 1, DMS: 1})
+    assert queue.unlisted == 0
+    await redis_jobs.client.zrem(redis_jobs.keys.models, "other-model")  # as an older jamgen left it
+    queue = await waiting(redis_jobs)
     assert queue.unlisted == 1
     assert waiting_lines(queue) == [
         "waiting jobs: 5",
         "  by model:",
-        "    test-model                          4",
-        "    (models no worker has served)       1",
+        "    test-model                4",
+        "    (models not listed)       1",
         "  by guild:",
         "    111       2",
         "    222       1",

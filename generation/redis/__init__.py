@@ -44,7 +44,8 @@ key                         type     what
                                      ``host``, ``pid``, ``seen`` (server time, s). Rewritten every heartbeat;
                                      expires ``reclaim_after`` after the last, deleted on a clean stop
 ``workers``                 zset     worker names scored by ``seen``; readers drop names whose hash expired
-``models``                  zset     every model a worker has served (raw id), scored by when last seen:
+``models``                  zset     every model a worker has served or a job was queued for (raw id),
+                                     scored by when a worker was last seen serving it (0: never):
                                      where readers find waiting jobs (``ready:{model}``) without scanning keys
 ==========================  =======  ===========================================================
 

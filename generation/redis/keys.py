@@ -96,7 +96,8 @@ class Keys:
 
     @property
     def models(self) -> str:
-        """The models workers have served (raw ids), scored by when one was last seen serving it."""
+        """The models workers have served or jobs were queued for (raw ids), scored by when a worker was last
+        seen serving it (0: none yet)."""
         return self.prefix + "models"
 
     def worker(self, name: str) -> str:

@@ -121,8 +121,8 @@ async def live_workers(client: Redis, keys: Keys) -> list[WorkerInfo]:
     return workers
 
 
-async def served_models(client: Redis, keys: Keys) -> list[str]:
-    """Every model a worker has served (live or not), most recently seen first."""
+async def known_models(client: Redis, keys: Keys) -> list[str]:
+    """Every model a worker has served (live or not) or a job was queued for, most recently served first."""
     return [text(model) for model in await client.zrange(keys.models, 0, -1, desc=True)]
 
 

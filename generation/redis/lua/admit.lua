@@ -53,6 +53,7 @@ for _, job in ipairs(jobs) do
   if notify ~= '' then redis.call('HSET', job_key(job.id), 'notify', notify) end
   redis.call('RPUSH', lane_key(job.mtag, job.member), job.id)
   if not redis.call('ZSCORE', ready_key(job.mtag), job.member) then to_back(job.mtag, job.member) end
+  redis.call('ZADD', P .. 'models', 'NX', 0, job.model) -- known to readers before a worker serves it
 end
 for _, job in ipairs(jobs) do wake(job.mtag) end
 return {'ok'}
