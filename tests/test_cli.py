@@ -145,13 +145,19 @@ def test_a_worker_without_redis_says_what_to_set(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_a_worker_whose_metrics_port_is_taken_says_so(tmp_path: Path) -> None:
+TOKEN = "MTA0NTY3ODkwMTIzNDU2Nzg5MA.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
+
+
+@pytest.mark.parametrize(("command", "settings"), [
+    ("worker", {"REDIS_URL": "redis://127.0.0.1:1/0"}),
+    ("run", {"DISCORD_TOKEN": TOKEN, "DISCORD_API_BASE_URL": "http://127.0.0.1:1/api/v10"}),
+])
+def test_a_metrics_port_that_is_taken_is_said_plainly(tmp_path: Path, command: str, settings: dict[str, str]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        env = {"REDIS_URL": "redis://127.0.0.1:1/0", "JAMGEN_METRICS_PORT": port}
-        result = jamgen("worker", cwd=tmp_path, env=env)
+        result = jamgen(command, cwd=tmp_path, env={**settings, "JAMGEN_METRICS_PORT": port})
     assert result.returncode == 2, result.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "JAMGEN_METRICS_PORT" in result.stderr
     assert "Traceback" not in result.stderr
