@@ -26,6 +26,7 @@ from generation.redis.remote import RemoteEngine
 from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
 from tests.bot_harness import World, job_of, journal_of, posts_of, running_bot, user_text
+from tests.fakes.discord import FakeInteraction
 from tests.helpers import decode
 from tests.redis_helpers import serving, until
 from tests.redis_server import RedisServer
@@ -43,6 +44,20 @@ async def bot_on(world: World, server: RedisServer, model_dir: Path, data_dir: P
     async with running_bot(world.fake, model_dir, data_dir, redis=redis_settings(server), **settings) as bot:
         assert isinstance(bot.engine, RemoteEngine)
         yield bot
+
+
+async def made_while_no_bot_runs(
+    world: World, server: RedisServer, jobs: RedisJobs, backend: Backend, model_dir: Path, data_dir: Path
+) -> tuple[FakeInteraction, str]:
+    """A /generate queued by a bot that then stops; a worker makes the track while no bot runs."""
+    async with bot_on(world, server, model_dir, data_dir):
+        interaction = await world.generate(prompt="made while away")
+        assert (await interaction.wait_callback()).type == 5
+    [job_id] = await jobs.ordered(str(model_dir))
+    async with serving(jobs, backend, model_dir):
+        await until(lambda: _state_is(jobs, job_id, "done"))
+    assert posts_of(world, job_id) == []
+    return interaction, job_id
 
 
 async def inbox_left(client: Redis, name: str = BOT) -> tuple[int, int]:
@@ -93,13 +108,9 @@ async def test_a_track_made_while_the_bot_was_down_is_posted_when_it_is_back(
     world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
     tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
-    async with bot_on(world, redis_server, tiny_model_dir, tmp_path):
-        interaction = await world.generate(prompt="made while away")
-        assert (await interaction.wait_callback()).type == 5
-    [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
-    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):  # no bot is running
-        await until(lambda: _state_is(redis_jobs, job_id, "done"))
-    assert posts_of(world, job_id) == []
+    interaction, job_id = await made_while_no_bot_runs(
+        world, redis_server, redis_jobs, tiny_loaded_backend, tiny_model_dir, tmp_path
+    )
     async with bot_on(world, redis_server, tiny_model_dir, tmp_path):
         await world.result_of(interaction)
         await until(lambda: _inbox_empty(redis_jobs.client))
@@ -112,12 +123,9 @@ async def test_a_bot_without_the_journal_posts_from_the_job_s_record_once(
 ) -> None:
     """The bot comes back on another host (a fresh data dir): the job's record in Redis says where to post.
     Its end is read twice (as after a crash between the post and the acknowledgement): posted once."""
-    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-1"):
-        interaction = await world.generate(prompt="moved host")
-        assert (await interaction.wait_callback()).type == 5
-    [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
-    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
-        await until(lambda: _state_is(redis_jobs, job_id, "done"))
+    interaction, job_id = await made_while_no_bot_runs(
+        world, redis_server, redis_jobs, tiny_loaded_backend, tiny_model_dir, tmp_path / "host-1"
+    )
     async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-2"):
         await world.result_of(interaction)
         await until(lambda: _inbox_empty(redis_jobs.client))
