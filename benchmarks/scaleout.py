@@ -29,6 +29,9 @@ that never refuse.
     this process with no model (woken by the same pub/sub channel, takes one job at a time,
     completes it at once): ``started - created`` from the hash, and, on this process' clock,
     the admit call's start -> the take's reply.
+
+  For both it prints Redis' own stalls of 5 ms or more meanwhile (its latency monitor): with
+  ``appendfsync always`` an fsync slowed by other I/O on the machine holds up every client.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ UP_TIMEOUT = 300.0  # seconds for workers to load the model and subscribe
 RUN_TIMEOUT = 1800.0  # seconds for a stream of jobs to finish
 DIRECT_MODEL = "bench-no-model"  # the direct phase's jobs: no worker serves this model
 PERCENTS = (50, 99)
+STALL_MS = 5  # Redis' latency monitor records its stalls of this many ms or more
 
 
 class Workers:
@@ -162,6 +166,18 @@ async def hashes(jobs: RedisJobs, ids: list[str]) -> list[dict[str, str]]:
     return [fields_of(await jobs.client.hgetall(jobs.keys.job(job_id))) for job_id in ids]
 
 
+async def watch_stalls(jobs: RedisJobs) -> None:
+    """Have Redis record its own stalls of 5 ms or more (its latency monitor), from now."""
+    await jobs.client.config_set("latency-monitor-threshold", STALL_MS)
+    await jobs.client.execute_command("LATENCY", "RESET")
+
+
+async def stalls(jobs: RedisJobs) -> str:
+    """Redis' stalls since :func:`watch_stalls`, the longest of each kind: an fsync of the AOF, a slow command..."""
+    latest = await jobs.client.execute_command("LATENCY", "LATEST")
+    return ", ".join(f"{text(event)} {longest} ms" for event, _, _, longest, *_ in latest or []) or "none"
+
+
 async def up(jobs: RedisJobs, model: str, workers: Workers, count: int) -> float:
     """Wait until ``count`` workers listen on the model's wake channel (loaded, serving); seconds it took."""
     start = time.monotonic()
@@ -204,6 +220,7 @@ class Live:
     idle: list[float]  # the taking worker held no other job when this one was created
     busy: list[float]  # it held some (generating or encoding them), fewer than its rows: one was free
     full: int  # jobs left out: the taking worker held as many as its rows then (it may have had none free)
+    stalls: str  # Redis' own stalls meanwhile
 
     @property
     def all(self) -> list[float]:
@@ -213,11 +230,13 @@ class Live:
 async def live_overhead(jobs: RedisJobs, model: str, workers: Workers, args: argparse.Namespace) -> Live:
     """One-second jobs one at a time, ``args.gap`` apart, to warm workers."""
     mark = await last_event(jobs)
+    await watch_stalls(jobs)
     ids: list[str] = []
     for index in range(args.arrivals):
         ids += await jobs.admit([request(model, 10_000 + index, 1.0, args.users, "one")], limits=NO_LIMITS)
         await asyncio.sleep(args.gap)
     await wait_finished(jobs, ids, mark, workers)
+    stalled = await stalls(jobs)
     records = await hashes(jobs, ids)
     idle: list[float] = []
     busy: list[float] = []
@@ -232,13 +251,14 @@ async def live_overhead(jobs: RedisJobs, model: str, workers: Workers, args: arg
             full += 1
         else:
             (busy if held else idle).append(float(job["started"]) - created)
-    return Live(idle, busy, full)
+    return Live(idle, busy, full, stalled)
 
 
-async def direct_overhead(url: str, count: int, gap: float) -> tuple[list[float], list[float]]:
+async def direct_overhead(url: str, count: int, gap: float) -> tuple[list[float], list[float], str]:
     """admit -> take through RedisJobs, no model: created -> started (Redis' clock), admit call -> take reply (here)."""
     producer, consumer = RedisJobs.from_url(url), RedisJobs.from_url(url)
     await producer.setup()
+    await watch_stalls(producer)
     asked: dict[str, float] = {}
     taken: dict[str, float] = {}
     wake, done = asyncio.Event(), asyncio.Event()
@@ -279,6 +299,7 @@ async def direct_overhead(url: str, count: int, gap: float) -> tuple[list[float]
         except TimeoutError:
             raise TimeoutError(f"the consumer took {len(taken)} of {count} jobs") from None
         records = await hashes(producer, ids)
+        stalled = await stalls(producer)
     finally:
         for task in tasks:
             task.cancel()
@@ -286,7 +307,7 @@ async def direct_overhead(url: str, count: int, gap: float) -> tuple[list[float]
         await producer.aclose()
         await consumer.aclose()
     server = [float(r["started"]) - float(r["created"]) for r in records]
-    return server, [taken[job_id] - asked[job_id] for job_id in ids]
+    return server, [taken[job_id] - asked[job_id] for job_id in ids], stalled
 
 
 async def with_workers(server: RedisServer, model_dir: Path, log_dir: Path, count: int,
@@ -331,6 +352,8 @@ async def run(server: RedisServer, model_dir: Path, log_dir: Path, args: argpars
           "arrived when it held as many jobs as it has rows")
     print(f"  direct: {args.direct} jobs {args.direct_gap * 1000:.0f} ms apart to a consumer in this process, "
           "no model; created -> started (Redis' clock), and here: admit call -> take reply")
+    print(f"  Redis' own stalls of {STALL_MS} ms or more (its latency monitor; the longest of each kind): "
+          f"live: {live.stalls}; direct: {direct[2]}")
     for name, values in (("live", live.all), ("direct", direct[0])):
         p99 = nearest_rank(values, 99)
         print(f"goal p99 < 20 ms, {name}: {p99 * 1000:.1f} ms -> {'met' if p99 < 0.020 else 'missed'}")
