@@ -122,8 +122,8 @@ class Pipeline:
             job_ids = [secrets.token_hex(6) for _ in requests]
             metas = [self._record(ticket, job_id, request).model_dump_json()
                      for job_id, request in zip(job_ids, requests, strict=True)]
-            ticket.handles += await self.engine.admit(
-                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids
+            ticket.handles += await self.engine.admit(  # one request counts one, however many takes (as in process)
+                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids, charge=1
             )
             ticket.reserved = 0
         else:

@@ -7,6 +7,9 @@ runs workers as processes).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +35,7 @@ from tests.redis_helpers import serving, until
 from tests.redis_server import RedisServer
 
 BOT = "bot-a"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def redis_settings(server: RedisServer, name: str = BOT) -> RedisSettings:
@@ -87,21 +91,29 @@ async def test_a_track_is_made_by_a_worker_and_posted_once(
 
 
 async def test_a_user_s_limits_are_shared_with_another_bot_process(
-    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_model_dir: Path, tmp_path: Path,
+    world: World, redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path,
 ) -> None:
-    """Another bot process admits two of alice's jobs; this one refuses her third (at most 2 at once)."""
-    other = RemoteEngine(EngineSettings(model=str(tiny_model_dir)), redis_jobs, name="bot-b",  # type: ignore[call-arg]
-                         models=[str(tiny_model_dir)])
-    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
-        limits = bot.pipeline.limits(bot.store.guild(world.guild.id))
-        request = JobRequest.create(prompt="elsewhere", model=str(tiny_model_dir), duration=1.0,
-                                    owner=str(world.alice.id))
-        await other.admit([request, request], limits=limits, key=f"{world.guild.id}:{world.alice.id}", exempt=False)
+    """Another bot process (a real one) admits two of alice's requests; this one refuses her third (at most 2 at
+    once) and still serves bob; the other process refuses her third too."""
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path):
+        key = f"{world.guild.id}:{world.alice.id}"
+        assert other_bot_admits(redis_server, tiny_model_dir, key, str(world.alice.id), 2).returncode == 0
         refused = await world.generate(prompt="a third")
         callback = await refused.wait_callback()
         assert callback.type == 4 and "You already have 2 jobs" in user_text(refused)
         bob = await world.generate(user=world.bob, prompt="bob's")
         assert (await bob.wait_callback()).type == 5
+        again = other_bot_admits(redis_server, tiny_model_dir, key, str(world.alice.id), 1)
+        assert again.returncode == 3 and "You already have 2 jobs" in again.stderr
+
+
+def other_bot_admits(server: RedisServer, model_dir: Path, key: str, owner: str, count: int
+                     ) -> subprocess.CompletedProcess[str]:
+    """``count`` admissions by another bot process (``tests/admitting_bot.py``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.admitting_bot", server.url, str(model_dir), key, owner, str(count)],
+        cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )
 
 
 async def test_a_track_made_while_the_bot_was_down_is_posted_when_it_is_back(
@@ -134,6 +146,28 @@ async def test_a_bot_without_the_journal_posts_from_the_job_s_record_once(
     async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "host-3"):
         await until(lambda: _inbox_empty(redis_jobs.client))
     assert len(posts_of(world, job_id)) == 1
+
+
+async def test_three_takes_count_as_one_request_against_the_limits_as_in_process(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """🎲 makes three jobs; with at most 2 requests at once (the default), it is one of them."""
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path) as bot:
+        assert bot.pipeline.limits(bot.store.guild(world.guild.id)).max_active == 2
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+            [post] = await world.result_of(await world.generate(prompt="vary me"))
+        pressed = await world.fake.press_button(post, f"jamgen:vary:{job_of(post)}", user=world.alice,
+                                                guild=world.guild)
+        assert (await pressed.wait_callback()).type == 5
+        one_more = await world.generate(prompt="a second request")
+        assert (await one_more.wait_callback()).type == 5
+        assert await redis_jobs.active(f"{world.guild.id}:{world.alice.id}") == 2
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+            takes = await world.result_of(pressed, count=3)
+            await world.result_of(one_more)
+        assert await redis_jobs.active(f"{world.guild.id}:{world.alice.id}") == 0
+    assert len({job_of(take) for take in takes}) == 3
 
 
 async def test_extend_sends_the_clip_through_redis_not_as_a_path(

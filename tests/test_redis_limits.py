@@ -102,6 +102,26 @@ async def test_max_active_counts_queued_and_running_jobs_until_they_end(redis_jo
     assert await verdict(redis_jobs, "ann", limits) == "ok"
 
 
+async def test_jobs_admitted_under_one_charge_count_once_until_the_last_ends(redis_jobs: RedisJobs) -> None:
+    """A request for three takes counts one against max_active and the rate, as a ticket does in process."""
+    limits = UserLimits(max_active=2, rate_count=2, rate_window=600.0, queue_cap=100)
+    takes = await redis_jobs.admit([request("ann")] * 3, limits=limits, charge=1)
+    assert await redis_jobs.active("u:ann") == 1 and await redis_jobs.waiting() == 3
+    single = await redis_jobs.admit([request("ann")], limits=limits)  # the second of two: allowed
+    refusal = await verdict(redis_jobs, "ann", limits)
+    assert isinstance(refusal, RateLimited) and refusal.reason == "active"
+    leases = await redis_jobs.take("worker-1", MODEL, 4)
+    assert [lease.job_id for lease in leases] == [*takes, *single]  # ann's lane, in order
+    for lease in leases:
+        if lease.job_id in takes[:2]:
+            assert await redis_jobs.complete(lease, b"audio")
+    assert await redis_jobs.active("u:ann") == 2, "two of the three takes ended: the charge is still held"
+    [last] = [lease for lease in leases if lease.job_id == takes[2]]
+    assert await redis_jobs.fail(last, "a failure ends it too")
+    assert await redis_jobs.active("u:ann") == 1
+    assert await redis_jobs.client.exists(redis_jobs.keys.prefix + f"group:{takes[0]}") == 0
+
+
 async def test_more_jobs_at_once_than_allowed_are_refused_whole(redis_jobs: RedisJobs) -> None:
     limits = UserLimits(max_active=2, rate_count=100, rate_window=60.0, queue_cap=100)
     with pytest.raises(RateLimited) as refused:

@@ -25,7 +25,9 @@ key                         type     what
                                      the owner of a job put back, to the front)
 ``seq``                     string   the rotation's counter (INCR)
 ``queued``                  string   waiting jobs, all models (what the queue cap counts)
-``active:{key}``            string   a user's jobs queued or running (max_active); gone at 0
+``active:{key}``            string   a user's jobs queued or running (max_active); gone at 0. Jobs admitted
+                                     under one charge (a request for several takes) count it once
+``group:{first id}``        string   such jobs still open, counting up from -n; at 0 the charge goes back
 ``rate:{key}``              string   the user's GCRA time (when their bucket is full again); expires then
 ``run``                     stream   one entry per run of a job (``job``); group ``workers``: the
                                      entry sits in the holding worker's pending list until settled

@@ -84,6 +84,7 @@ class RedisJobs:
         job_ids: Sequence[str] | None = None,
         metas: Sequence[str] | None = None,
         notify: str = "",
+        charge: int | None = None,
     ) -> list[str]:
         """Check and charge one owner's limits and queue ``requests``, atomically; their job ids.
 
@@ -92,13 +93,15 @@ class RedisJobs:
         the owner's member name). Raises :class:`~generation.admission.RateLimited` with the
         in-process words, or :class:`~generation.redis.limits.DuplicateJob`. ``metas``: per job, the
         client's own record of it (kept as the hash's ``meta``); ``notify``: the stream the jobs' ends
-        go to (a bot's own, :meth:`Keys.notify`), instead of ``events``.
+        go to (a bot's own, :meth:`Keys.notify`), instead of ``events``. ``charge``: what the requests count
+        together against ``max_active`` and the rate, instead of one each (the bot's one request for three
+        takes counts one, as in process); it is given back when the last of them ends.
         """
         if not requests:
             raise ValueError("nothing to admit")
         ids = list(job_ids) if job_ids is not None else [secrets.token_hex(6) for _ in requests]
         key = key if key is not None else owner_member(requests[0].owner)
-        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after, metas, notify)
+        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after, metas, charge, notify)
         admit.check(await self._scripts.call("admit", *admit.args()))
         return ids
 

@@ -39,6 +39,7 @@ class Admit:
     exempt: bool = False
     queue_retry_after: float | None = None
     metas: Sequence[str] | None = None  # per job, the client's record of it (the hash's ``meta``)
+    charge: int | None = None  # what the jobs count together against max_active and the rate (None: one each)
     notify: str = ""  # the stream told when the jobs end (the hash's ``notify``); "" for ``events``
 
     def __post_init__(self) -> None:
@@ -50,16 +51,19 @@ class Admit:
             raise ValueError("the requests of one admission must have one owner")
         if self.metas is not None and len(self.metas) != len(self.requests):
             raise ValueError("give one meta per request")
+        if self.charge is not None and self.charge < 1:
+            raise ValueError(f"the charge must be at least 1, got {self.charge}")
 
     @property
     def cost(self) -> int:
-        return len(self.requests)
+        """What the admission counts against ``max_active`` and the rate."""
+        return len(self.requests) if self.charge is None else self.charge
 
     def args(self) -> list[Arg]:
         limits = self.limits
         args: list[Arg] = [
             self.key, int(self.exempt), limits.max_active, limits.rate_count, repr(limits.rate_window),
-            limits.queue_cap, repr(TIME_EPSILON), self.notify, self.cost,
+            limits.queue_cap, repr(TIME_EPSILON), self.notify, self.cost, len(self.requests),
         ]
         metas = self.metas if self.metas is not None else [""] * len(self.requests)
         for job_id, request, meta in zip(self.job_ids, self.requests, metas, strict=True):
@@ -80,7 +84,7 @@ class Admit:
         if verdict == "rate":
             return rate_refusal(self.limits, float(value) if value else None, self.cost)
         if verdict == "queue_full":
-            return queue_refusal(self.limits, int(value), self.cost, self.queue_retry_after)
+            return queue_refusal(self.limits, int(value), len(self.requests), self.queue_retry_after)
         if verdict == "duplicate":
             return DuplicateJob(f"job {value} already exists")
         raise RuntimeError(f"unexpected answer from the admit script: {verdict!r} {text(value)!r}")

@@ -34,7 +34,7 @@ def infer_option_type(value: object) -> int:
     return STRING
 
 
-def find_command(commands: Mapping[object, list[dict[str, Any]]], name: str,
+def find_command(commands: Mapping[Any, list[dict[str, Any]]], name: str,
                  guild: FakeGuild | None) -> tuple[dict[str, Any] | None, bool]:
     """The registered definition of a chat-input command, and whether it is a guild command."""
     if guild is not None:

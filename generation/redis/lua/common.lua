@@ -64,9 +64,17 @@ local function settle(entry)
   redis.call('XDEL', RUN, entry)
 end
 
+-- a job's part of its owner's active count goes back: 1, or, for jobs admitted together under one
+-- charge (a `group`), the whole charge once the last of them ends
 local function release_active(job)
-  local key = active_key(redis.call('HGET', job, 'akey'))
-  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+  local f = redis.call('HMGET', job, 'akey', 'group', 'charge')
+  local key, charge = active_key(f[1]), 1
+  if f[2] then
+    if redis.call('INCR', f[2]) < 0 then return end -- the group counts up from -n to 0
+    redis.call('DEL', f[2])
+    charge = tonumber(f[3])
+  end
+  if redis.call('DECRBY', key, charge) <= 0 then redis.call('DEL', key) end
 end
 
 -- a job's end on the stream its admitter reads: the hash's `notify` (a bot's own stream), else `events`
