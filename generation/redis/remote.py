@@ -272,7 +272,9 @@ class RemoteEngine:
         if handle is None:
             await self.inbox.ack(event.entry)
             return
-        if handle.done:  # already read (a repeat from the backlog)
+        if handle.done:  # ended here already (read before, or its record expired): nothing more to post
+            if event.job_id not in self._entries:
+                await self.inbox.ack(event.entry)
             return
         self._entries[event.job_id] = event.entry
         handle.emit(await self._end(event))
