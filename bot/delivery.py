@@ -4,6 +4,10 @@ Discord errors are handled here, once: a 5xx or 429 is retried with backoff (wit
 token's life for follow-ups), a 413 (the upload limit shrank) re-encodes the file smaller,
 and an expired token falls back to the channel, mentioning the user.
 
+Each post carries the track's waveform picture (:mod:`generation.picture`) when it could be drawn and fits
+the upload limit beside the audio; the audio is always the first file, and a track is never lost for its
+picture: one that cannot be drawn, or does not fit, is left out.
+
 At most once: a 5xx can come back for an upload Discord did post (its edge gave up waiting
 for its backend), so no try is made again blindly. discord.py's own retry loop is stopped
 (:class:`SentOnce`), and before every new try the channel is searched for the job's card
@@ -25,6 +29,7 @@ import aiofiles
 import discord
 
 from bot.reply import Reply, only_user
+from generation import picture as waveform
 from generation.encode import EncodedAudio, shrink
 from generation.errors import EncodeError
 
@@ -35,7 +40,7 @@ SHRINK_FACTOR = 0.6
 HISTORY_LIMIT = 100  # recent channel messages searched for a card that may have been posted already
 _SLUG = re.compile(r"[^a-z0-9]+")
 
-Send = Callable[[discord.File], Awaitable[discord.Message]]
+Send = Callable[[list[discord.File], discord.Embed], Awaitable[discord.Message]]
 Find = Callable[[], Awaitable[discord.Message | None]]
 
 
@@ -74,6 +79,7 @@ class Post:
     embed: discord.Embed
     view: discord.ui.View
     note: str = ""
+    picture: bytes | None = None  # the waveform PNG, shown in the card; None: posted without one
 
     @property
     def content(self) -> str:
@@ -86,7 +92,23 @@ class Post:
 
 def file_name(prompt: str, seed: int, audio: EncodedAudio) -> str:
     slug = _SLUG.sub("-", prompt.lower()).strip("-")[:40] or "track"
-    return f"{slug}-{seed}.{audio.extension}"
+    return f"{slug}-{seed}{audio.extension}"  # the extension has its dot
+
+
+async def picture_for(job_id: str, audio: EncodedAudio, limit: int | None) -> bytes | None:
+    """The track's waveform PNG, drawn in a worker thread; None when it cannot be drawn (logged), or when it would
+    not fit the upload limit beside the audio (``limit``: the request's ``max_file_bytes``, the interaction's
+    upload limit, which Discord applies to the whole upload)."""
+    try:
+        png = await asyncio.to_thread(waveform.picture_of, audio.data)
+    except Exception:
+        log.exception("could not draw job %s's waveform; posting the track without it", job_id)
+        return None
+    if limit is not None and len(audio.data) + len(png) > limit:
+        log.info("job %s: the audio (%d bytes) leaves no room for its picture (%d) under the %d byte limit; "
+                 "posting it without", job_id, len(audio.data), len(png), limit)
+        return None
+    return png
 
 
 async def save_audio(directory: Path, job_id: str, audio: EncodedAudio) -> Path:
@@ -142,7 +164,8 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
 
     if reply.token_usable():
         try:
-            message = await _with_retries(post, lambda file: _followup(reply, post, file), reply.token_usable, find)
+            message = await _with_retries(post, lambda files, embed: _followup(reply, post, files, embed),
+                                          reply.token_usable, find)
             return Delivery(message.id, "followup")
         except (discord.HTTPException, ResendStopped) as exc:
             if not falls_back(exc):
@@ -152,38 +175,55 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
         if found is not None:
             return Delivery(found.id, "followup")
     channel_post = dataclasses.replace(post, note=" (the reply window had closed, so it is posted here)")
-    message = await _with_retries(channel_post, lambda file: _to_channel(reply, channel_post, file), lambda: True,
-                                  find)
+    message = await _with_retries(
+        channel_post, lambda files, embed: _to_channel(reply, channel_post, files, embed), lambda: True, find
+    )
     return Delivery(message.id, "channel")
 
 
-async def _followup(reply: Reply, post: Post, file: discord.File) -> discord.Message:
+async def _followup(reply: Reply, post: Post, files: list[discord.File], embed: discord.Embed) -> discord.Message:
     return await reply.webhook.send(
-        post.content, file=file, embed=post.embed, view=post.view, allowed_mentions=post.mentions, wait=True
+        post.content, files=files, embed=embed, view=post.view, allowed_mentions=post.mentions, wait=True
     )
 
 
-async def _to_channel(reply: Reply, post: Post, file: discord.File) -> discord.Message:
+async def _to_channel(reply: Reply, post: Post, files: list[discord.File], embed: discord.Embed) -> discord.Message:
     return await reply.channel.send(
-        post.content, file=file, embed=post.embed, view=post.view, allowed_mentions=post.mentions
+        post.content, files=files, embed=embed, view=post.view, allowed_mentions=post.mentions
     )
+
+
+def _upload(post: Post, audio: EncodedAudio, picture: bytes | None) -> tuple[list[discord.File], discord.Embed]:
+    """The files (the audio first, then the picture when there is one) and the card showing that picture."""
+    files: list[discord.File] = [SentOnce(io.BytesIO(audio.data), _renamed(post.filename, audio))]
+    if picture is None:
+        return files, post.embed
+    files.append(SentOnce(io.BytesIO(picture), waveform.FILENAME))
+    return files, post.embed.copy().set_image(url=f"attachment://{waveform.FILENAME}")
 
 
 async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool], find: Find) -> discord.Message:
     """Send, retrying server errors with backoff and re-encoding smaller after a 413; after a 5xx or a 429, the
-    channel is searched for the card before the next try (a 5xx may come back for a post that was made)."""
-    audio = post.audio
+    channel is searched for the card before the next try (a 5xx may come back for a post that was made). When the
+    audio cannot shrink any more, the picture is left out before giving up."""
+    audio, picture = post.audio, post.picture
     delays = iter(RETRY_DELAYS)
     while True:
         try:
-            return await send(SentOnce(io.BytesIO(audio.data), _renamed(post.filename, audio)))
+            return await send(*_upload(post, audio, picture))
         except ResendStopped:
             if next(delays, None) is None or not still_ok():  # no sleep: discord.py has waited already
                 raise
             log.warning("Discord answered an upload with a 5xx or 429; looking for it before sending it again")
         except discord.HTTPException as exc:
             if too_large(exc):
-                audio = await _smaller(audio)
+                try:
+                    audio = await _smaller(audio)
+                except EncodeError:
+                    if picture is None:
+                        raise
+                    log.info("job %s: the audio cannot shrink further; sending it without its picture", post.job_id)
+                    picture = None
                 continue
             delay = next(delays, None) if retryable(exc) else None
             if delay is None or not still_ok():
@@ -206,4 +246,4 @@ async def _smaller(audio: EncodedAudio) -> EncodedAudio:
 
 
 def _renamed(filename: str, audio: EncodedAudio) -> str:
-    return f"{filename.rsplit('.', 1)[0]}.{audio.extension}"
+    return f"{filename.rsplit('.', 1)[0]}{audio.extension}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.delivery import Post, deliver, file_name, find_post, save_audio
+from bot.delivery import Post, deliver, file_name, find_post, picture_for, save_audio
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
 from bot.recovery import kept_audio, reply_of, timing_of
@@ -272,8 +272,9 @@ class Pipeline:
             generated_in=timing.generated_in, length=audio.duration,
             title=ticket.title.split("\n", 1)[0][:256].replace("**", ""),
         )
+        picture = await picture_for(job_id, audio, request.max_file_bytes)
         post = Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed,
-                    self._view_factory(job_id))
+                    self._view_factory(job_id), picture=picture)
         done = await deliver(ticket.reply, post)
         await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
         self._look_first.discard(job_id)

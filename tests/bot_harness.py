@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from bot.app import JamBot, create_bot
 from bot.journal import JobRecord, State
@@ -192,3 +195,17 @@ def user_text(interaction: FakeInteraction) -> str:
     if callback is not None and callback.type == 4 and callback.data:
         return str(callback.data.get("content", ""))
     return "\n".join(message.content for message in interaction.followups)
+
+
+def waveform_of(post: FakeMessage) -> Image.Image:
+    """The result's waveform picture, after checking it: the second file (the audio stays first), a PNG that
+    decodes, 1200×240 px and under 200 KB, and the image its card shows."""
+    audio, picture = post.attachments
+    assert not audio.filename.endswith(".png")
+    assert picture.filename == "waveform.png" and picture.shown_content_type() == "image/png"
+    assert len(picture.data) < 200_000
+    image = Image.open(io.BytesIO(picture.data))
+    image.load()  # decodes every pixel
+    assert (image.format, image.size) == ("PNG", (1200, 240))
+    assert post.embeds[0]["image"]["url"] == "attachment://waveform.png"
+    return image

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.bot_harness import TOKEN, World, gated, running_bot
+from tests.bot_harness import TOKEN, World, gated, running_bot, waveform_of
 from tests.helpers import decode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +29,7 @@ async def test_after_the_token_expires_the_track_goes_to_the_channel_with_a_ment
     assert [int(user) for user in post.allowed_mentions["users"]] == [world.alice.id]
     assert post.allowed_mentions.get("parse", []) == []
     assert post.custom_ids()  # the buttons come along
+    waveform_of(post)  # and the picture
 
 
 async def test_the_file_fits_the_interactions_upload_limit(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -39,8 +40,8 @@ async def test_the_file_fits_the_interactions_upload_limit(world: World, tiny_mo
             attachment_size_limit=limit,
         )
         (post,) = await world.result_of(interaction)
-    (attachment,) = post.attachments
-    assert len(attachment.data) <= limit
+    attachment = post.attachments[0]  # the audio; its picture follows only when both fit the limit
+    assert sum(len(upload.data) for upload in post.attachments) <= limit
     assert abs(decode(attachment.data).duration - 4.0) < 0.05
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from tests.bot_harness import World, running_bot
+from tests.bot_harness import World, running_bot, waveform_of
 from tests.helpers import FaultyBackend, decode, tiny_backend
 
 
@@ -31,8 +31,9 @@ async def test_generate_defers_queues_progresses_and_posts_the_track(
         for earlier, later in zip(original.edit_times, original.edit_times[1:], strict=False)
     )
 
-    (attachment,) = post.attachments
-    assert attachment.filename.endswith(".opus")
+    attachment, _ = post.attachments  # the audio, then its waveform picture
+    assert attachment.filename == "lofi-beat-everyone-1-loud-1234.opus"
+    waveform_of(post)
     audio = decode(attachment.data)
     assert audio.sample_rate == 48000  # Opus always decodes at 48 kHz
     assert abs(audio.duration - 3.0) < 0.05

@@ -28,7 +28,7 @@ from generation.redis.registry import WorkerInfo
 from generation.redis.remote import RemoteEngine
 from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
-from tests.bot_harness import World, job_of, journal_of, posts_of, running_bot, user_text
+from tests.bot_harness import World, job_of, journal_of, posts_of, running_bot, user_text, waveform_of
 from tests.fakes.discord import FakeInteraction
 from tests.helpers import decode
 from tests.redis_helpers import serving, until
@@ -84,6 +84,7 @@ async def test_a_track_is_made_by_a_worker_and_posted_once(
         job_id = job_of(post)
         await until(lambda: _delivered(tmp_path, job_id))
         await until(lambda: _inbox_empty(redis_jobs.client))
+    waveform_of(post)  # drawn by the bot from the worker's bytes, as in process
     record = await redis_jobs.job(job_id)
     assert record is not None and record.state == "done" and record.worker is not None
     assert record.meta is not None and f'"channel_id":{world.jam.id}' in record.meta

@@ -3,6 +3,7 @@ second post when a 5xx came back for an upload that was made."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from unittest import mock
 
@@ -12,6 +13,7 @@ import pytest
 
 from bot import delivery
 from bot.delivery import Post, ResendStopped, SentOnce, deliver, find_post
+from generation import picture as waveform
 from generation.encode import EncodeOptions, encode
 from generation.errors import EncodeError
 from generation.jobs import Normalization, OutputFormat
@@ -29,7 +31,7 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
 def post(fmt: OutputFormat = OutputFormat.OPUS) -> Post:
     t = np.linspace(0, 3, 3 * 32000, dtype=np.float32)
     audio = encode((0.3 * np.sin(2 * np.pi * 330 * t))[None], 32000, EncodeOptions(fmt, None, Normalization.NONE))
-    return Post(JOB, 7, audio, f"x.{audio.extension}", discord.Embed(title="t"), discord.ui.View(timeout=None))
+    return Post(JOB, 7, audio, f"x{audio.extension}", discord.Embed(title="t"), discord.ui.View(timeout=None))
 
 
 def message(message_id: int) -> Any:
@@ -75,8 +77,8 @@ async def test_413_shrinks_until_it_fits(fmt: OutputFormat) -> None:
     sizes: list[int] = []
     original = post(fmt)
 
-    async def send(*args: Any, file: discord.File, **kwargs: Any) -> Any:
-        data = file.fp.read()
+    async def send(*args: Any, files: list[discord.File], **kwargs: Any) -> Any:
+        data = files[0].fp.read()
         sizes.append(len(data))
         if len(data) > 0.5 * len(original.audio.data):
             raise http_error(413, 40005, "Request entity too large")
@@ -85,7 +87,7 @@ async def test_413_shrinks_until_it_fits(fmt: OutputFormat) -> None:
     reply.webhook.send.side_effect = send
     await deliver(reply, original)
     assert sizes[0] == len(original.audio.data) and sizes[-1] <= 0.5 * sizes[0]
-    assert reply.webhook.send.await_args.kwargs["file"].filename.endswith(".opus")  # lossless becomes Opus
+    assert reply.webhook.send.await_args.kwargs["files"][0].filename.endswith(".opus")  # lossless becomes Opus
 
 
 async def test_a_file_that_cannot_shrink_enough_fails_clearly() -> None:
@@ -120,19 +122,20 @@ async def test_discord_py_may_not_resend_an_upload_on_its_own(history: list[Any]
     """discord.py retries a 5xx itself, rewinding the file first: the bot stops it and looks for the card."""
     reply: Any = spec_reply()
     channel_history(reply, history)
-    files: list[discord.File] = []
+    sent: list[discord.File] = []
 
-    async def send(*args: Any, file: discord.File, **kwargs: Any) -> Any:
-        files.append(file)
+    async def send(*args: Any, files: list[discord.File], **kwargs: Any) -> Any:
+        (file,) = files
+        sent.append(file)
         file.reset(seek=0)  # discord.py's first try
-        if len(files) == 1:
+        if len(sent) == 1:
             file.reset(seek=1)  # its second try, after the first one's 5xx
         return message(5)
 
     reply.webhook.send.side_effect = send
     done = await deliver(reply, post())
     assert done.message_id == (41 if history else 5)
-    assert len(files) == sends and all(isinstance(file, SentOnce) for file in files)
+    assert len(sent) == sends and all(isinstance(file, SentOnce) for file in sent)
 
 
 def test_a_sent_once_file_stops_any_rewind_but_the_first() -> None:
@@ -153,3 +156,68 @@ async def test_find_post_takes_only_this_bots_card_for_this_job() -> None:
     assert found is not None and found.id == 3
     reply.channel.history.side_effect = http_error(403, 50001, "Missing Access")
     assert await find_post(reply, JOB) is None  # unreadable: post (maybe twice) rather than lose the track
+
+
+# -- the waveform picture -------------------------------------------------------------------------------------------
+
+
+async def test_the_picture_is_the_second_file_and_the_card_shows_it() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.return_value = message(1)
+    plain = post()
+    png = await delivery.picture_for(JOB, plain.audio, None)
+    assert png is not None
+    with_picture = dataclasses.replace(plain, picture=png)
+    await deliver(reply, with_picture)
+    kwargs = reply.webhook.send.await_args.kwargs
+    audio_file, picture_file = kwargs["files"]
+    assert audio_file.filename == "x.opus" and audio_file.fp.read() == plain.audio.data
+    assert picture_file.filename == "waveform.png" and picture_file.fp.read() == png
+    assert all(isinstance(file, SentOnce) for file in kwargs["files"])
+    assert kwargs["embed"].image.url == "attachment://waveform.png"
+    assert plain.embed.image.url is None  # the post's own card is left alone
+
+
+async def test_a_post_without_a_picture_has_no_image() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.return_value = message(1)
+    await deliver(reply, post())
+    kwargs = reply.webhook.send.await_args.kwargs
+    assert len(kwargs["files"]) == 1 and kwargs["embed"].image.url is None
+
+
+async def test_a_413_drops_the_picture_before_giving_up_on_the_track() -> None:
+    reply: Any = spec_reply()
+    uploads: list[int] = []
+
+    async def send(*args: Any, files: list[discord.File], embed: discord.Embed, **kwargs: Any) -> Any:
+        uploads.append(len(files))
+        if len(files) > 1:  # this channel only ever takes the audio
+            raise http_error(413, 40005, "Request entity too large")
+        assert embed.image.url is None
+        return message(1)
+
+    reply.webhook.send.side_effect = send
+    original = post()
+    with_picture = dataclasses.replace(original, picture=await delivery.picture_for(JOB, original.audio, None))
+    assert (await deliver(reply, with_picture)).message_id == 1
+    assert uploads[0] == 2 and uploads[-1] == 1  # the audio shrank first, as far as it could
+
+
+async def test_a_picture_that_cannot_be_drawn_is_left_out(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def broken(data: bytes) -> bytes:
+        raise RuntimeError("no picture today")
+
+    monkeypatch.setattr(waveform, "picture_of", broken)
+    assert await delivery.picture_for(JOB, post().audio, None) is None
+    assert "waveform" in caplog.text and "no picture today" in caplog.text
+
+
+async def test_a_picture_that_does_not_fit_beside_the_audio_is_left_out() -> None:
+    audio = post().audio
+    png = await delivery.picture_for(JOB, audio, None)
+    assert png is not None
+    room = len(audio.data) + len(png)
+    assert await delivery.picture_for(JOB, audio, room) == png
+    assert await delivery.picture_for(JOB, audio, room - 1) is None
