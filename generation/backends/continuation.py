@@ -80,12 +80,10 @@ def plan(clip_samples: int, duration: float, model: MusicGen, window: int | None
     hop = round(model.sample_rate / frame_rate)
     new_frames = int(duration * frame_rate)
     window = window if window is not None else int(model.max_duration * frame_rate)
-    most = int(EXTEND_CONTEXT_SECONDS * frame_rate)
     room = window - new_frames
-    if room >= MIN_CONTEXT_SECONDS * frame_rate:
-        most = min(most, room)  # one pass, as audiocraft's generate_continuation within its window
-    else:
-        most = min(most, window // 2)  # sliding: the first window must have room to sample (10 s of 30: no cut)
+    one_pass = room >= MIN_CONTEXT_SECONDS * frame_rate  # as audiocraft's generate_continuation within its window
+    # sliding: the first window must keep room to sample (10 s of a 30 s window: no cut)
+    most = min(int(EXTEND_CONTEXT_SECONDS * frame_rate), room if one_pass else window // 2)
     context_frames = min(clip_samples // hop, most)
     if context_frames < 1:
         raise ContinuationError("The clip to extend is too short to continue.")
