@@ -90,9 +90,13 @@ class Pipeline:
             queue_cap=s.queue_cap,
         )
 
+    @property
+    def duration_cap(self) -> int:
+        """The deployment's longest track (``JAMGEN_MAX_DURATION``), in whole seconds."""
+        return int(self.engine.settings.max_duration)
+
     def max_duration(self, guild: GuildSettings) -> int:
-        engine_max = int(self.engine.settings.max_duration)
-        return min(guild.max_duration or engine_max, engine_max)
+        return min(guild.max_duration or self.duration_cap, self.duration_cap)
 
     def tickets(self) -> list[Ticket]:
         return sorted(self._tickets, key=lambda ticket: ticket.created_at)

@@ -229,3 +229,14 @@ def test_the_static_step_slides_like_the_per_job_path(
     assert static._require_decoder().static is not None
     for job in expected:
         np.testing.assert_array_equal(got[job], expected[job], err_msg=job)
+
+
+def test_the_deployment_cap_goes_up_to_300_s() -> None:
+    from pydantic import ValidationError
+
+    from generation.settings import EngineSettings
+
+    assert EngineSettings(_env_file=None, max_duration=300).max_duration == 300  # type: ignore[call-arg]
+    assert EngineSettings(_env_file=None).max_duration == 30  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        EngineSettings(_env_file=None, max_duration=301)  # type: ignore[call-arg]
