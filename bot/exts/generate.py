@@ -36,7 +36,9 @@ def new_seed() -> int:
 class Generate(commands.Cog, name="Generate"):
     def __init__(self, bot: JamBot) -> None:
         self.bot = bot
-        cap_option(self.generate, "duration", bot.pipeline.duration_cap)
+
+    async def cog_load(self) -> None:
+        cap_option(self.generate, "duration", self.bot.pipeline.duration_cap)  # before the tree is synced
 
     @app_commands.command(name="generate", description="Turn a text prompt into music")
     @app_commands.describe(
