@@ -83,10 +83,14 @@ def stock_tokens(
 ) -> tuple[torch.Tensor, np.ndarray]:
     """audiocraft's ``MusicGen.generate`` for ``task``: its tokens and audio."""
     model = backend._require()
+    before = (model.duration, model.extend_stride, dict(model.generation_params), model._progress_callback)
     model.set_generation_params(duration=task.duration, extend_stride=stride, **stock_params(task.sampling))
     model.set_custom_progress_callback(lambda done, total: None)
     torch.manual_seed(task.seed)
-    audio, tokens = model.generate([task.prompt], return_tokens=True)
+    try:
+        audio, tokens = model.generate([task.prompt], return_tokens=True)
+    finally:  # the model may be shared with other tests: as it was
+        model.duration, model.extend_stride, model.generation_params, model._progress_callback = before
     return tokens, audio[0].numpy()
 
 

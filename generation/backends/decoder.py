@@ -18,6 +18,10 @@ What stays true whatever joins or leaves (tested bit for bit on a tiny model):
   continuation's prompt tokens run as the job's own forward passes, in chunks of at most
   ``prefill_chunk`` positions, one chunk between two decode steps, so running jobs keep
   their pace and the chunking is the same whoever else is running.
+* **A track longer than the model's window slides** (:mod:`generation.backends.sliding`):
+  when its window is full the job keeps its place in the loop, its caches start over and
+  the last ``window - stride`` frames of its own codes are prefilled as above, then it
+  samples on. Its codes are those of audiocraft's ``MusicGen.generate`` for the duration.
 """
 
 from __future__ import annotations
