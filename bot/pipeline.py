@@ -27,18 +27,21 @@ from bot.store import GuildSettings, Store
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, Timing, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
+from bot.ui.text import format_seconds
 from generation.admission import Admission, UserLimits, estimate_waits, estimate_waits_continuous
 from generation.encode import EncodedAudio
 from generation.events import Cancelled, Encoding, Failed, Finished, JobHandle, JobState, Progress, Started
 from generation.jobs import JobRequest
 from generation.metrics import FailureReason, Metrics, failure_reason
 from generation.redis.remote import RemoteEngine
+from generation.windows import charge
 from generation.worker import Engine
 
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
 SNAPSHOT_TTL = 0.25  # seconds a computed queue snapshot (positions, ETAs) is reused
+LONG_TRACK = 60.0  # seconds: for a longer track the first reply states the expected wait
 PAUSED = "⏸ The bot is restarting: your job keeps its place and goes on when the bot is back."
 
 
@@ -54,6 +57,12 @@ class Asker:
     def of(cls, interaction: discord.Interaction) -> Asker:
         roles = getattr(interaction.user, "roles", [])
         return cls(interaction.user.id, interaction.guild_id, frozenset(role.id for role in roles))
+
+
+def rate_tokens(requests: Sequence[JobRequest], limits: UserLimits) -> int:
+    """What a request takes from its user's rate: its track's 30 s units (however many takes), at most the whole
+    allowance (a track longer than that could otherwise never start)."""
+    return min(charge(max(request.duration for request in requests)), limits.rate_count)
 
 
 class Pipeline:
@@ -90,9 +99,13 @@ class Pipeline:
             queue_cap=s.queue_cap,
         )
 
+    @property
+    def duration_cap(self) -> int:
+        """The deployment's longest track (``JAMGEN_MAX_DURATION``), in whole seconds."""
+        return int(self.engine.settings.max_duration)
+
     def max_duration(self, guild: GuildSettings) -> int:
-        engine_max = int(self.engine.settings.max_duration)
-        return min(guild.max_duration or engine_max, engine_max)
+        return min(guild.max_duration or self.duration_cap, self.duration_cap)
 
     def tickets(self) -> list[Ticket]:
         return sorted(self._tickets, key=lambda ticket: ticket.created_at)
@@ -117,13 +130,15 @@ class Pipeline:
         guild = self.store.guild(asker.guild_id)
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
         key, limits = f"{asker.guild_id}:{asker.user_id}", self.limits(guild)
-        ticket = Ticket(Reply.of(interaction), title, reserved=len(requests))
+        ticket = Ticket(Reply.of(interaction), title, reserved=len(requests), tokens=rate_tokens(requests, limits))
+        ticket.note = self._long_track_note(requests, ticket.tokens)
         if isinstance(self.engine, RemoteEngine):
             job_ids = [secrets.token_hex(6) for _ in requests]
             metas = [self._record(ticket, job_id, request).model_dump_json()
                      for job_id, request in zip(job_ids, requests, strict=True)]
             ticket.handles += await self.engine.admit(  # one request counts one, however many takes (as in process)
-                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids, charge=1
+                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids, charge=1,
+                tokens=ticket.tokens,
             )
             ticket.reserved = 0
         else:
@@ -131,7 +146,7 @@ class Pipeline:
             active = len(self.tickets_of(asker.user_id, asker.guild_id))
             self.admission.admit(
                 key, limits, active=active, queued_total=len(self.engine.positions()) + reserved + len(requests) - 1,
-                exempt=exempt,
+                exempt=exempt, tokens=ticket.tokens,
             )
         self._tickets.add(ticket)
         return ticket
@@ -144,7 +159,7 @@ class Pipeline:
             for handle in ticket.handles:
                 self.engine.cancel(handle.id, "not queued")
             if not isinstance(self.engine, RemoteEngine):
-                self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}")
+                self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}", ticket.tokens)
 
     # -- launching --------------------------------------------------------------------------
     async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> None:
@@ -342,14 +357,28 @@ class Pipeline:
             self._snapshot_at = (now, (self.engine.positions(), self._compute_waits()))
         return self._snapshot_at[1]
 
-    def _compute_waits(self) -> dict[str, tuple[float, float]] | None:
-        """ETAs for the engine's batching: rows that free one by one (continuous), or closed batches (static)."""
-        queue = self.engine.waiting()
+    def _compute_waits(self, queue: list[tuple[str, float]] | None = None) -> dict[str, tuple[float, float]] | None:
+        """ETAs for the engine's batching: rows that free one by one (continuous), or closed batches (static).
+        ``queue``: (job id, seconds) in start order; default, the engine's waiting jobs."""
+        queue = self.engine.waiting() if queue is None else queue
         left = [self._left(job) or 0.0 for job in self.engine.jobs() if job.state is JobState.RUNNING]
         rate, max_batch = self.engine.throughput.rate, self.engine.settings.max_batch
         if self.engine.settings.batching == "continuous":
             return estimate_waits_continuous(queue, running=left, rate=rate, max_batch=max_batch)
         return estimate_waits(queue, running_remaining=max(left, default=0.0), rate=rate, max_batch=max_batch)
+
+    def _long_track_note(self, requests: Sequence[JobRequest], tokens: int) -> str:
+        """For a track over :data:`LONG_TRACK` seconds, the wait the user can expect (and what it is charged)."""
+        duration = max(request.duration for request in requests)
+        if duration <= LONG_TRACK:
+            return ""
+        queue = self.engine.waiting() + [(f"new-{index}", request.duration) for index, request in enumerate(requests)]
+        waits = self._compute_waits(queue)
+        if waits is None:
+            when = "its wait is not known yet (no track has been timed)"
+        else:
+            when = f"expect it in about {format_seconds(max(waits[job_id][1] for job_id, _ in queue[-len(requests):]))}"
+        return f"⏱ A {duration:g} s track takes a while: {when}. It counts as {tokens} against your request limit."
 
     # -- shutdown -----------------------------------------------------------------------------
     async def shutdown(self, grace: float) -> None:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from bot.journal import SCHEMA as JOURNAL_SCHEMA
 from bot.journal import Journal
 from generation.jobs import OutputFormat
+from generation.settings import MAX_DURATION_CAP
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class GuildSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     allowed_channels: tuple[int, ...] = ()  # empty: every channel
-    max_duration: int | None = Field(None, ge=1, le=30)
+    max_duration: int | None = Field(None, ge=1, le=int(MAX_DURATION_CAP))  # and at most the deployment's cap
     max_jobs: int | None = Field(None, ge=1, le=50)
     rate_count: int | None = Field(None, ge=1, le=1000)
     rate_window: float | None = Field(None, gt=0, le=86400)

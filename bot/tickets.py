@@ -21,6 +21,7 @@ class Ticket:
     reply: Reply
     title: str  # e.g. "🎵 lofi beat · 8 s"
     reserved: int = 1  # jobs it will submit: counted against the queue cap from admission on
+    tokens: int = 1  # what it took from its user's rate (a long track: one per 30 s), given back on a refund
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     note: str = ""  # e.g. "the bot restarted"
     handles: list[JobHandle] = field(default_factory=list)

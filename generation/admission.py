@@ -115,9 +115,10 @@ class Admission:
     """Decides whether a user may submit now; keeps one token bucket per key.
 
     Checks run in this order and the first that fails raises :class:`RateLimited`:
-    ``active`` (``active + cost > max_active``), ``rate`` (fewer than ``cost`` tokens),
-    ``queue_full`` (``queued_total + cost > queue_cap``). ``exempt`` keys (admins, say)
-    skip the two per-user checks and are never charged tokens, but the global queue
+    ``active`` (``active + cost > max_active``), ``rate`` (fewer than ``tokens`` tokens;
+    ``tokens`` is ``cost`` unless given: the bot charges a long track more, see
+    :func:`generation.windows.charge`), ``queue_full`` (``queued_total + cost > queue_cap``).
+    ``exempt`` keys (admins, say) skip the two per-user checks and are never charged tokens, but the global queue
     cap still applies to them: it protects the machine, not other users' turns.
 
     A bucket that has refilled completely is forgotten (a missing bucket is a full one),
@@ -147,19 +148,22 @@ class Admission:
         exempt: bool = False,
         cost: int = 1,
         queue_retry_after: float | None = None,
+        tokens: int | None = None,
     ) -> None:
         """Raise :class:`RateLimited` if ``key`` may not submit ``cost`` jobs now; consumes nothing.
 
         ``active``: the user's jobs queued or running; ``queued_total``: jobs waiting, all
-        users; ``queue_retry_after``: the caller's estimate of when the queue has room.
+        users; ``queue_retry_after``: the caller's estimate of when the queue has room;
+        ``tokens``: what they take from the rate (default ``cost``).
         """
-        if cost < 1:
-            raise ValueError(f"cost must be >= 1, got {cost}")
+        tokens = cost if tokens is None else tokens
+        if cost < 1 or tokens < 1:
+            raise ValueError(f"cost and tokens must be >= 1, got {cost} and {tokens}")
         now = self._clock()
         self._prune(now)
         if not exempt:
             self._check_active(limits, active, cost)
-            self._check_rate(limits, self._debt(key, now), cost)
+            self._check_rate(limits, self._debt(key, now), tokens)
         self._check_queue(limits, queued_total, cost, queue_retry_after)
 
     def admit(
@@ -172,21 +176,23 @@ class Admission:
         exempt: bool = False,
         cost: int = 1,
         queue_retry_after: float | None = None,
+        tokens: int | None = None,
     ) -> None:
-        """:meth:`check`, then charge ``cost`` tokens to ``key`` (exempt keys are not charged)."""
+        """:meth:`check`, then charge ``tokens`` (default ``cost``) to ``key`` (exempt keys are not charged)."""
         self.check(
             key, limits, active=active, queued_total=queued_total, exempt=exempt, cost=cost,
-            queue_retry_after=queue_retry_after,
+            queue_retry_after=queue_retry_after, tokens=tokens,
         )
         if exempt:
             return
         now = self._clock()
         bucket = self._buckets.get(key)
         start = max(bucket.full_at, now) if bucket is not None else now
-        self._buckets[key] = _Bucket(start + limits.seconds_for(cost), limits.seconds_for(1))
+        charged = cost if tokens is None else tokens
+        self._buckets[key] = _Bucket(start + limits.seconds_for(charged), limits.seconds_for(1))
 
     def refund(self, key: str, cost: int = 1) -> None:
-        """Give back ``cost`` tokens charged by :meth:`admit` (the submission failed after all)."""
+        """Give back ``cost`` tokens charged by :meth:`admit` (the submission failed after all): its ``tokens``."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return
@@ -245,7 +251,8 @@ def rate_refusal(limits: UserLimits, wait: float | None, cost: int) -> RateLimit
     allowance = f"You can start {_plural(limits.rate_count, 'job')} every {format_wait(limits.rate_window)}"
     if wait is None:
         return _refuse("rate", None, f"{allowance}, and this asks for {cost}.")
-    return _refuse("rate", wait, f"{allowance}; try again in {format_wait(wait)}.")
+    counted = f" (this request counts as {cost})" if cost > 1 else ""
+    return _refuse("rate", wait, f"{allowance}{counted}; try again in {format_wait(wait)}.")
 
 
 def queue_refusal(limits: UserLimits, queued_total: int, cost: int, retry_after: float | None) -> RateLimited:

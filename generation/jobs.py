@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from generation.errors import InvalidJob
 from generation.models import DEFAULT_MODEL, resolve_model_id
+from generation.windows import MODEL_WINDOW
 
 PROMPT_MAX_CHARS = 300
 DEFAULT_MAX_DURATION = 30.0
@@ -169,6 +170,11 @@ class JobRequest(BaseModel):
     @field_validator("melody_from")
     @classmethod
     def _melody_from(cls, value: str | None, info: ValidationInfo) -> str | None:
+        duration = info.data.get("duration")
+        if value is not None and duration is not None and duration > MODEL_WINDOW:  # it would slide: not supported
+            raise ValueError(
+                f"a track that follows a melody can be at most {MODEL_WINDOW:g} seconds long (asked for {duration:g})"
+            )
         return _audio_input(value, info, "the audio file with the melody", "the melody file")
 
     @classmethod

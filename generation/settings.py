@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generation.models import DEFAULT_MODEL, resolve_model_id
 
-MODEL_MAX_DURATION = 30.0  # MusicGen renders at most 30 s in one pass
+MAX_DURATION_CAP = 300.0  # the longest JAMGEN_MAX_DURATION: past the model's 30 s window a track slides
 
 
 class EngineSettings(BaseSettings):
@@ -20,7 +20,8 @@ class EngineSettings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", validation_alias=AliasChoices("JAMGEN_DEVICE", "device"))
     max_batch: int = Field(8, ge=1, le=64, validation_alias=AliasChoices("JAMGEN_MAX_BATCH", "max_batch"))
     max_duration: float = Field(
-        30.0, ge=1.0, le=MODEL_MAX_DURATION, validation_alias=AliasChoices("JAMGEN_MAX_DURATION", "max_duration")
+        30.0, ge=1.0, le=MAX_DURATION_CAP, validation_alias=AliasChoices("JAMGEN_MAX_DURATION", "max_duration"),
+        description="the deployment's cap on a track's seconds; past the model's window (30 s) tracks slide",
     )
     batch_window: float = Field(
         0.2, ge=0.0, le=5.0, validation_alias=AliasChoices("JAMGEN_BATCH_WINDOW", "batch_window"),

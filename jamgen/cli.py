@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="render prompts to audio files, in one batch")
     gen.add_argument("prompts", nargs="+", help="one or more text prompts")
-    gen.add_argument("--duration", type=float, default=8.0, help="seconds of audio per prompt (default 8)")
+    gen.add_argument(
+        "--duration", type=float, default=8.0,
+        help="seconds of audio per prompt (default 8; at most JAMGEN_MAX_DURATION: 30 unless set, up to 300)",
+    )
     gen.add_argument("--seed", type=int, default=None, help="random seed, used for every prompt (default: random)")
     gen.add_argument(
         "--model", default=None,

@@ -370,3 +370,18 @@ def test_the_meter_samples_busy_time_at_least_a_second_long() -> None:
     now[0] = 10.0
     meter.finished(1.0)  # idle since the loop ended: nothing recorded
     assert throughput.samples == 2
+
+
+def test_tokens_are_charged_to_the_rate_and_cost_to_the_active_count() -> None:
+    """A long track: one request in progress, several tokens (its 30 s units); a refund gives them back."""
+    clock = FakeClock()
+    admission = Admission(clock)
+    limits = UserLimits(max_active=1, rate_count=5, rate_window=600.0, queue_cap=10)
+    admission.admit("ann", limits, active=0, queued_total=0, tokens=4)
+    assert admission.tokens("ann", limits) == pytest.approx(1.0)
+    with pytest.raises(RateLimited, match=r"\(this request counts as 2\); try again in 2 min"):
+        admission.check("ann", limits, active=0, queued_total=0, tokens=2)
+    admission.refund("ann", 4)
+    assert admission.tokens("ann", limits) == pytest.approx(5.0)
+    with pytest.raises(RateLimited, match="You already have 1 job in progress"):
+        admission.check("ann", limits, active=1, queued_total=0, tokens=1)

@@ -164,3 +164,17 @@ async def test_a_job_that_cannot_be_recorded_is_not_left_running(
         assert bot.engine.jobs() == [] and bot.pipeline.tickets() == []
         monkeypatch.undo()
         assert (await (await world.generate()).wait_callback()).type == 5  # and the bot goes on
+
+
+async def test_duration_ranges_follow_the_deployments_cap(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """JAMGEN_MAX_DURATION past the model's 30 s window: /generate and max-duration offer up to it, no more."""
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, engine={"max_duration": 75}):
+        assert "75 s" in await settings(world, world.mod, "max-duration", seconds=75)
+        assert "Saved" in await settings(world, world.mod, "max-duration", seconds=40)
+    generate = next(c for c in world.fake.commands["global"] if c["name"] == "generate")
+    duration = next(option for option in generate["options"] if option["name"] == "duration")
+    assert (duration["min_value"], duration["max_value"]) == (1, 75)
+    jamgen = next(c for c in world.fake.commands["global"] if c["name"] == "jamgen")
+    (group,) = jamgen["options"]
+    max_duration = next(option for option in group["options"] if option["name"] == "max-duration")
+    assert max_duration["options"][0]["max_value"] == 75

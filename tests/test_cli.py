@@ -127,6 +127,19 @@ def test_same_seed_same_bytes_and_batching_never_changes_the_music(
     assert alone.files[0].read_bytes() == wav_batch.files[0].read_bytes(), "batching changed the first job's music"
 
 
+def test_a_track_past_the_window_when_the_cap_allows_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """JAMGEN_MAX_DURATION raises the cap past the model's 30 s window: the track slides, and is whole."""
+    out = tmp_path / "out"
+    env = {"JAMGEN_MAX_DURATION": "300", "OMP_NUM_THREADS": "1"}
+    refused = jamgen("generate", "lofi", "--duration", "301", "--model", tiny_model_dir, "-o", out, cwd=tmp_path,
+                     env=env)
+    assert refused.returncode == 2 and "between 1 and 300 seconds" in refused.stderr
+    result = ok(jamgen("generate", "lofi", "--duration", "35", "--model", tiny_model_dir, "--device", "cpu",
+                       "--format", "wav", "--no-progress", "-o", out, cwd=tmp_path, env=env))
+    (path,) = out.iterdir()
+    assert decode(path.read_bytes()).duration == pytest.approx(35.0, abs=0.03), result.stdout
+
+
 def test_too_long_duration_is_refused_before_loading(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = jamgen("generate", "lofi", "--duration", "45", "--model", tmp_path, "-o", out, cwd=tmp_path)

@@ -236,3 +236,13 @@ def test_create_accepts_or_refuses_any_duration(duration: float) -> None:
         assert math.isfinite(request.duration)
         assert 1.0 <= request.duration <= DEFAULT_MAX_DURATION
         assert request.duration == duration
+
+
+def test_a_long_track_is_accepted_up_to_the_cap_but_not_with_a_melody(tmp_path: Path) -> None:
+    """Past the model's 30 s window a track slides; one that follows a melody may not (it is refused up front)."""
+    assert JobRequest.create(prompt="lofi", duration=300, max_duration=300).duration == 300
+    melody = tmp_path / "tune.wav"
+    melody.write_bytes(b"RIFF")
+    assert JobRequest.create(prompt="lofi", duration=30, max_duration=300, melody_from=str(melody)).melody_from
+    with pytest.raises(InvalidJob, match=r"melody_from: a track that follows a melody can be at most 30 seconds"):
+        JobRequest.create(prompt="lofi", duration=31, max_duration=300, melody_from=str(melody))

@@ -184,3 +184,27 @@ async def test_a_job_id_in_use_is_refused_and_nothing_is_charged(redis_jobs: Red
     assert await redis_jobs.positions(MODEL) == {"job-1": 1}
     with pytest.raises(ValueError, match="one owner"):
         await redis_jobs.admit([request("ann"), request("bob")], limits=limits)
+
+
+async def test_a_long_track_takes_more_tokens_but_counts_once_against_max_active(redis_jobs: RedisJobs) -> None:
+    """The bot's 75 s track: charge 1 (one request in progress), tokens 3 (its 30 s units), as in process."""
+    limits = UserLimits(max_active=5, rate_count=4, rate_window=400.0, queue_cap=100)
+    assert await verdict(redis_jobs, "ann", limits, charge=1, tokens=3) == "ok"
+    assert await redis_jobs.active("u:ann") == 1
+    refused = await verdict(redis_jobs, "ann", limits, charge=1, tokens=2)
+    assert isinstance(refused, RateLimited) and refused.reason == "rate"
+    assert str(refused).startswith("You can start 4 jobs every 6 min 40 s (this request counts as 2); try again in ")
+    assert refused.retry_after is not None and 99.0 < refused.retry_after <= 100.0  # one token back per 100 s
+    assert await verdict(redis_jobs, "ann", limits, charge=1, tokens=1) == "ok"  # the fourth token
+    admission = Admission(clock=lambda: 0.0)
+    admission.admit("ann", limits, active=0, queued_total=0, tokens=3)
+    theirs = in_process_tokens(admission, limits, 2)
+    assert isinstance(theirs, RateLimited) and str(theirs).rsplit(" in ", 1)[0] == str(refused).rsplit(" in ", 1)[0]
+
+
+def in_process_tokens(admission: Admission, limits: UserLimits, tokens: int) -> str | RateLimited:
+    try:
+        admission.admit("ann", limits, active=1, queued_total=1, tokens=tokens)
+    except RateLimited as refusal:
+        return refusal
+    return "ok"

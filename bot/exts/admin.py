@@ -9,9 +9,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import is_moderator
+from bot.errors import UserError
+from bot.options import cap_option
 from bot.store import GuildSettings
 from bot.ui.text import format_seconds
 from generation.jobs import OutputFormat
+from generation.settings import MAX_DURATION_CAP
 
 if TYPE_CHECKING:
     from bot.app import JamBot
@@ -25,6 +28,7 @@ class Settings(app_commands.Group):
     def __init__(self, bot: JamBot) -> None:
         super().__init__(name="settings", description="Server settings for jamgen (Manage Server)")
         self.bot = bot
+        cap_option(self.max_duration, "seconds", bot.pipeline.duration_cap)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None:
@@ -73,7 +77,12 @@ class Settings(app_commands.Group):
         await self._save(interaction, allowed_channels=())
 
     @app_commands.command(name="max-duration", description="Longest track members may ask for, in seconds")
-    async def max_duration(self, interaction: discord.Interaction, seconds: app_commands.Range[int, 1, 30]) -> None:
+    async def max_duration(
+        self, interaction: discord.Interaction, seconds: app_commands.Range[int, 1, int(MAX_DURATION_CAP)]
+    ) -> None:
+        cap = self.bot.pipeline.duration_cap
+        if seconds > cap:  # the declared range is only a hint to well-behaved clients
+            raise UserError(f"This bot's tracks can be at most {cap} s long (its JAMGEN_MAX_DURATION).")
         await self._save(interaction, max_duration=seconds)
 
     @app_commands.command(name="limits", description="Per-person limits (leave an option out to keep it)")

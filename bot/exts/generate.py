@@ -14,12 +14,14 @@ from discord.ext import commands
 from bot.checks import allowed_here
 from bot.errors import UserError
 from bot.journal import JobRecord
+from bot.options import cap_option
 from bot.pipeline import Asker
 from bot.store import GuildSettings
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
 from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
 from generation.models import resolve_model_id
+from generation.settings import MAX_DURATION_CAP
 
 if TYPE_CHECKING:
     from bot.app import JamBot
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VARIATIONS = 3
-EXTEND_CONTEXT = 10  # seconds of the clip the model listens to before continuing it
 def new_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
@@ -35,6 +36,9 @@ def new_seed() -> int:
 class Generate(commands.Cog, name="Generate"):
     def __init__(self, bot: JamBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        cap_option(self.generate, "duration", self.bot.pipeline.duration_cap)  # before the tree is synced
 
     @app_commands.command(name="generate", description="Turn a text prompt into music")
     @app_commands.describe(
@@ -52,7 +56,7 @@ class Generate(commands.Cog, name="Generate"):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
-        duration: app_commands.Range[int, 1, 30] = 8,
+        duration: app_commands.Range[int, 1, int(MAX_DURATION_CAP)] = 8,  # narrowed to the cap at load
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
         temperature: app_commands.Range[float, 0.0, TEMPERATURE_MAX] = 1.0,
         top_k: app_commands.Range[int, 0, TOP_K_MAX] = 250,
@@ -101,7 +105,7 @@ class Generate(commands.Cog, name="Generate"):
             return requests, title_for("vary", prompt, duration, VARIATIONS)
         if record.audio_path is None or not Path(record.audio_path).exists():
             raise UserError("That track's audio is no longer kept, so it can't be extended. Use 🔁 or /generate.")
-        extension = max(1.0, min(duration, self.bot.pipeline.max_duration(guild) - EXTEND_CONTEXT))
+        extension = min(duration, self.bot.pipeline.max_duration(guild))  # past the window it slides
         fields = {**base, "seed": new_seed(), "duration": extension, "continue_from": record.audio_path}
         return [self._request(interaction, guild, fields)], title_for("extend", prompt, extension)
 

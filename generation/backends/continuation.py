@@ -1,8 +1,11 @@
 """Extend a clip: the plan of a continuation job, which the decode loop then runs like any job.
 
 A continuation job names an audio file and how many seconds to add. The last few
-seconds of the clip (:data:`EXTEND_CONTEXT_SECONDS` at most, less when the model's
-window would overflow) are the audio prompt: their tokens are prefilled into the job's
+seconds of the clip (:data:`EXTEND_CONTEXT_SECONDS` at most; less when that and the new
+part would just overflow the model's window) are the audio prompt. When the new part
+alone nearly fills the window, the whole context is kept and the track slides past the
+window (:mod:`generation.backends.sliding`), as audiocraft's ``generate_continuation``
+does for a duration over ``max_duration``. The prompt's tokens are prefilled into the job's
 own caches (:mod:`generation.backends.streams`) and the model goes on from there, with
 the same tokens as audiocraft's ``generate_continuation`` for the same seed. The result
 is the whole original clip followed by the new part only, so the user's clip is kept
@@ -70,18 +73,18 @@ def read_clip(path: str, sample_rate: int, channels: int) -> torch.Tensor:
     return wav
 
 
-def plan(clip_samples: int, duration: float, model: MusicGen) -> Plan:
-    """Pick the context so that context + new part fits in the model's window."""
+def plan(clip_samples: int, duration: float, model: MusicGen, window: int | None = None) -> Plan:
+    """Pick the context: within the model's window (``window`` frames) with the new part when they fit,
+    else the new part slides past the window (:mod:`generation.backends.sliding`) after a full context."""
     frame_rate = float(model.frame_rate)
     hop = round(model.sample_rate / frame_rate)
     new_frames = int(duration * frame_rate)
-    room = int(model.max_duration * frame_rate) - new_frames
-    if room < MIN_CONTEXT_SECONDS * frame_rate:
-        most = model.max_duration - MIN_CONTEXT_SECONDS
-        raise ContinuationError(
-            f"A clip can be extended by at most {most:g} seconds at a time (asked for {duration:g})."
-        )
-    context_frames = min(clip_samples // hop, int(EXTEND_CONTEXT_SECONDS * frame_rate), room)
+    window = window if window is not None else int(model.max_duration * frame_rate)
+    room = window - new_frames
+    one_pass = room >= MIN_CONTEXT_SECONDS * frame_rate  # as audiocraft's generate_continuation within its window
+    # sliding: the first window must keep room to sample (10 s of a 30 s window: no cut)
+    most = min(int(EXTEND_CONTEXT_SECONDS * frame_rate), room if one_pass else window // 2)
+    context_frames = min(clip_samples // hop, most)
     if context_frames < 1:
         raise ContinuationError("The clip to extend is too short to continue.")
     return Plan(context_frames, new_frames, hop)

@@ -18,6 +18,10 @@ What stays true whatever joins or leaves (tested bit for bit on a tiny model):
   continuation's prompt tokens run as the job's own forward passes, in chunks of at most
   ``prefill_chunk`` positions, one chunk between two decode steps, so running jobs keep
   their pace and the chunking is the same whoever else is running.
+* **A track longer than the model's window slides** (:mod:`generation.backends.sliding`):
+  when its window is full the job keeps its place in the loop, its caches start over and
+  the last ``window - stride`` frames of its own codes are prefilled as above, then it
+  samples on. Its codes are those of audiocraft's ``MusicGen.generate`` for the duration.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from generation.backends.precision import PrecisionPlan, apply_precision
 from generation.backends.sampling import sample_next_token
 from generation.backends.streams import UNKNOWN_TOKEN, Stream, StreamBuilder
 from generation.errors import free_accelerator_cache, is_out_of_memory
+from generation.windows import EXTEND_STRIDE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class BatchDecoder:
 
     def __init__(
         self, model: MusicGen, *, precision: str = "auto", linear: str = "auto", prefill_chunk: int = 64,
-        max_jobs: int = 8, cuda_graphs: bool = False,
+        max_jobs: int = 8, cuda_graphs: bool = False, extend_stride: float = EXTEND_STRIDE,
     ) -> None:
         self.model = model
         self.lm = model.lm
@@ -53,7 +58,7 @@ class BatchDecoder:
         self.max_jobs = max_jobs
         self.attention = attention.install(self.lm.transformer)
         self.plan = _apply_precision(model, precision, linear)
-        self.builder = StreamBuilder(model, self.attention)
+        self.builder = StreamBuilder(model, self.attention, extend_stride)
         self.static = static_decoding.for_decoder(
             model, self.attention, enabled=cuda_graphs, max_jobs=max_jobs, min_rows=self.plan.linear.min_rows
         )
@@ -171,7 +176,8 @@ class BatchDecoder:
     def _end_of_step(
         self, streams: list[Stream], stepped: list[Stream], listener: BatchListener, deferred: list[Stream]
     ) -> list[Stream]:
-        """Report progress; finished and cancelled jobs leave (their rows are free for the next join)."""
+        """Report progress; a full window slides on; finished and cancelled jobs leave (their rows are free for
+        the next join)."""
         moved = {id(stream) for stream in stepped}
         staying = []
         for stream in streams:
@@ -179,12 +185,35 @@ class BatchDecoder:
                 continue
             if id(stream) in moved:
                 listener.progress(stream.job_id, *stream.progress)
+                if stream.window_done and not stream.done:
+                    if self._slide(stream, listener):
+                        staying.append(stream)
+                    continue
                 if stream.done:
                     others = len(streams) > 1
                     self._finish(stream, listener, retry_later=deferred if others else None)
                     continue
             staying.append(stream)
         return staying
+
+    def _slide(self, stream: Stream, listener: BatchListener) -> bool:
+        """Open the job's next window, prompted with the codes it keeps; its row is prefilled again (in chunks,
+        between the other jobs' steps). False: it failed (alone)."""
+        if self.static is not None:
+            self.static.release(stream)  # its slot is loaded again once the new window is prefilled
+        try:
+            prompt = stream.close_window()
+            assert prompt is not None
+            with self.model.autocast:
+                self.builder.next_window(stream, prompt)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            log.warning("opening the next window of job %s failed: %r", stream.job_id, exc, exc_info=True)
+            listener.failed(stream.job_id, exc)
+            return False
+        log.debug("job %s slides to window %d of %d", stream.job_id, stream.track.index + 1, len(stream.track.windows))
+        return True
 
     def _finish(self, stream: Stream, listener: BatchListener, retry_later: list[Stream] | None) -> None:
         """Decode the job's codes to audio. Out of memory: free the cache and retry; beside other jobs, retry

@@ -13,6 +13,7 @@ import torch
 from generation.backends.base import BatchListener, GenerationTask, Join
 from generation.errors import ModelLoadError, free_accelerator_cache
 from generation.models import HUB_MODELS, resolve_model_id
+from generation.windows import EXTEND_STRIDE
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
@@ -48,13 +49,13 @@ class MusicGenBackend:
 
     def __init__(
         self, model_id: str, device: str = "auto", *, precision: str = "auto", linear: str = "auto",
-        prefill_chunk: int = 64, max_jobs: int = 8, cuda_graphs: bool = False,
+        prefill_chunk: int = 64, max_jobs: int = 8, cuda_graphs: bool = False, extend_stride: float = EXTEND_STRIDE,
     ) -> None:
         self.model_id = resolve_model_id(model_id)
         self.device_name = device
         self._decoder_options: dict[str, Any] = {
             "precision": precision, "linear": linear, "prefill_chunk": prefill_chunk, "max_jobs": max_jobs,
-            "cuda_graphs": cuda_graphs,
+            "cuda_graphs": cuda_graphs, "extend_stride": extend_stride,
         }
         self._model: MusicGen | None = None
         self._decoder: BatchDecoder | None = None

@@ -102,6 +102,13 @@ class StaticDecoding:
     def slot_of(self, stream: Stream) -> int | None:
         return self.slots.slot_of(stream)
 
+    def release(self, stream: Stream) -> None:
+        """Free ``stream``'s slot now (its window slides: it is seated again, with its new caches, once ready)."""
+        slot = self.slots.slot_of(stream)
+        if slot is not None:
+            self.slots.free(slot)
+            self.cache.idle(slot)
+
     def _seat(self, ready: Sequence[Stream]) -> list[int]:
         present = {id(stream) for stream in ready}
         for slot, owner in self.slots.held():

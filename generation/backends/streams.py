@@ -23,9 +23,11 @@ import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditionType
 
 from generation.backends import continuation, melody
-from generation.backends.attention import Installed, JobAttentionState
+from generation.backends.attention import Installed, JobAttentionState, KeyValue
 from generation.backends.base import GenerationTask
+from generation.backends.sliding import Track, sampled_steps
 from generation.errors import JobFailed
+from generation.windows import EXTEND_STRIDE, Window, plan, stride_frames
 
 if TYPE_CHECKING:
     from audiocraft.models import MusicGen
@@ -44,16 +46,18 @@ def _as_array(audio: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class Stream:
-    """One job's state; see the module docstring."""
+    """One job's state; see the module docstring. Its sequence, caches and prefill are its current window's."""
 
     task: GenerationTask
     attention: JobAttentionState
-    sequence: torch.Tensor  # [1, K, S]: the job's delay-pattern sequence, prompt tokens filled in
+    sequence: torch.Tensor  # [1, K, S]: the window's delay-pattern sequence, prompt tokens filled in
     pattern: Any
-    frames: int
-    first_step: int  # the first column this job samples
+    first_step: int  # the first column this window samples
     generator: torch.Generator
     deliver: Deliver  # decoded audio [channels, samples] -> what the listener gets
+    track: Track  # the job's windows (one unless the track is longer than the model's window)
+    prefix: torch.Tensor  # [2, P, D]: conditions prepended to every window (empty but for melody models)
+    text: list[KeyValue]  # the job's cross-attention keys/values, kept for every window
     prefill: torch.Tensor | None = None  # [2, P, D] input embeddings still to run before decoding
     step: int = field(init=False)  # the next column to sample
 
@@ -65,6 +69,11 @@ class Stream:
         return self.task.job_id
 
     @property
+    def frames(self) -> int:
+        """Frames of the current window."""
+        return self.track.window.frames
+
+    @property
     def last_step(self) -> int:
         return int(self.sequence.shape[-1]) - 1
 
@@ -74,13 +83,19 @@ class Stream:
         return self.prefill is None
 
     @property
-    def done(self) -> bool:
+    def window_done(self) -> bool:
+        """Every column of the current window is sampled."""
         return self.step > self.last_step
 
     @property
+    def done(self) -> bool:
+        """The last window is done: the whole track is."""
+        return self.window_done and self.track.index == len(self.track.windows) - 1
+
+    @property
     def progress(self) -> tuple[int, int]:
-        """(steps done, steps in all), as audiocraft's progress callback counts them."""
-        return self.step - self.first_step, self.last_step - self.first_step + 1
+        """(steps done, steps in all) over the whole track, as audiocraft's progress callback counts a window's."""
+        return self.track.steps_before + self.step - self.first_step, self.track.total_steps
 
     def next_chunk(self, size: int) -> torch.Tensor:
         """Take the next ``size`` prefill positions ([2, n, D])."""
@@ -93,37 +108,80 @@ class Stream:
         """The column a decode step feeds for this job: [1, K, 1]."""
         return self.sequence[..., self.step - 1 : self.step]
 
-    def codes(self) -> torch.Tensor:
-        """The finished job's codes [1, K, frames]."""
+    def window_codes(self) -> torch.Tensor:
+        """The finished window's codes [1, K, frames], its prompt included."""
         codes, _, _ = self.pattern.revert_pattern_sequence(self.sequence.contiguous(), UNKNOWN_TOKEN)
         return codes[..., : self.frames]
 
+    def close_window(self) -> torch.Tensor | None:
+        """Keep the finished window's codes; the next window's prompt codes, or None when the track is done."""
+        return self.track.close(self.window_codes())
+
+    def codes(self) -> torch.Tensor:
+        """The finished job's codes [1, K, frames of the track]."""
+        if len(self.track.parts) < len(self.track.windows):  # the last window is not closed yet
+            self.close_window()
+        return self.track.codes()
+
 
 class StreamBuilder:
-    """Turns a :class:`GenerationTask` into a :class:`Stream` for one loaded model."""
+    """Turns a :class:`GenerationTask` into a :class:`Stream` for one loaded model; opens its next windows."""
 
-    def __init__(self, model: MusicGen, attention: Installed) -> None:
+    def __init__(self, model: MusicGen, attention: Installed, stride: float = EXTEND_STRIDE) -> None:
         self.model = model
         self.lm = model.lm
         self.attention = attention
         self.device = next(iter(self.lm.parameters())).device
+        self.window = int(model.max_duration * model.frame_rate)  # frames the model attends over
+        try:
+            self.stride = stride_frames(stride, model.frame_rate, self.window)
+        except ValueError:  # a model with a short window: audiocraft's 18 of 30 s, to scale
+            self.stride = max(1, self.window * 3 // 5)
+            log.warning("extend stride %gs does not fit a %gs window: using %d frames", stride, model.max_duration,
+                        self.stride)
 
     def build(self, task: GenerationTask) -> Stream:
         prompt_wav, cut, deliver = self._continuation(task)
         conditions, prompt_tokens = self._conditions(task, prompt_wav)
         prefix, text = self.lm.fuser(self._empty_input(conditions), conditions)
-        frames = cut.total_frames if cut is not None else int(task.duration * self.model.frame_rate)
-        pattern = self.lm.pattern_provider.get_pattern(frames)
-        sequence, first_step = self._sequence(pattern, frames, prompt_tokens)
-        prefill = self._prefill(prefix, sequence[..., : first_step - 1])
-        capacity = prefix.shape[1] + sequence.shape[-1]
-        state = JobAttentionState(
-            caches=[layer.new_cache(capacity, prefix) for layer in self.attention.self_attention],
-            text=[layer.project_text(text) for layer in self.attention.cross_attention] if text is not None else [],
-        )
+        track = self._track(task, cut, prompt_tokens)
+        if task.melody_from is not None and len(track.windows) > 1:
+            seconds = self.model.max_duration
+            raise JobFailed(f"A track that follows a melody can be at most {seconds:g} seconds long.")
+        text_kv = [layer.project_text(text) for layer in self.attention.cross_attention] if text is not None else []
         generator = torch.Generator(device=self.device)
         generator.manual_seed(task.seed)
-        return Stream(task, state, sequence, pattern, frames, first_step, generator, deliver, prefill)
+        state = JobAttentionState()
+        window = self._window(state, track.window, prefix, text_kv, prompt_tokens)
+        pattern, sequence, first_step, prefill = window
+        return Stream(task, state, sequence, pattern, first_step, generator, deliver, track, prefix, text_kv, prefill)
+
+    def next_window(self, stream: Stream, prompt: torch.Tensor) -> None:
+        """Open ``stream``'s next window with ``prompt`` (the codes it keeps): fresh caches, its prefill to run."""
+        stream.attention.caches.clear()  # the last window's keys and values are no longer needed
+        stream.attention = JobAttentionState()
+        window = self._window(stream.attention, stream.track.window, stream.prefix, stream.text, prompt)
+        stream.pattern, stream.sequence, stream.first_step, stream.prefill = window
+        stream.step = stream.first_step
+
+    def _track(self, task: GenerationTask, cut: continuation.Plan | None, prompt: torch.Tensor | None) -> Track:
+        frames = cut.total_frames if cut is not None else int(task.duration * self.model.frame_rate)
+        windows = plan(frames, self.window, self.stride, 0 if prompt is None else int(prompt.shape[-1]))
+        steps = tuple(sampled_steps(self.lm.pattern_provider, window) for window in windows)
+        return Track(windows, self.stride, steps)
+
+    def _window(
+        self, state: JobAttentionState, window: Window, prefix: torch.Tensor, text: list[KeyValue],
+        prompt: torch.Tensor | None,
+    ) -> tuple[Any, torch.Tensor, int, torch.Tensor | None]:
+        """A window's pattern, sequence, first step and prefill; its caches and text go into ``state``."""
+        pattern = self.lm.pattern_provider.get_pattern(window.frames)
+        sequence, first_step = self._sequence(pattern, window.frames, prompt)
+        prefill = self._prefill(prefix, sequence[..., : first_step - 1])
+        capacity = prefix.shape[1] + sequence.shape[-1]
+        state.caches = [layer.new_cache(capacity, prefix) for layer in self.attention.self_attention]
+        state.text = list(text)
+        return pattern, sequence, first_step, prefill
 
     # -- conditioning ----------------------------------------------------------------------
     def _conditions(
@@ -183,7 +241,7 @@ class StreamBuilder:
         if task.continue_from is None:
             return None, None, lambda audio: _as_array(audio)
         clip = continuation.read_clip(task.continue_from, self.model.sample_rate, self.model.audio_channels)
-        cut = continuation.plan(clip.shape[-1], task.duration, self.model)
+        cut = continuation.plan(clip.shape[-1], task.duration, self.model, self.window)
         prompt = clip[:, clip.shape[-1] - cut.context_samples :].to(self.device)
 
         def deliver(audio: torch.Tensor) -> np.ndarray:

@@ -85,6 +85,7 @@ class RedisJobs:
         metas: Sequence[str] | None = None,
         notify: str = "",
         charge: int | None = None,
+        tokens: int | None = None,
     ) -> list[str]:
         """Check and charge one owner's limits and queue ``requests``, atomically; their job ids.
 
@@ -95,13 +96,14 @@ class RedisJobs:
         client's own record of it (kept as the hash's ``meta``); ``notify``: the stream the jobs' ends
         go to (a bot's own, :meth:`Keys.notify`), instead of ``events``. ``charge``: what the requests count
         together against ``max_active`` and the rate, instead of one each (the bot's one request for three
-        takes counts one, as in process); it is given back when the last of them ends.
+        takes counts one, as in process); it is given back when the last of them ends. ``tokens``: what they
+        take from the rate, instead of the charge (the bot's long tracks count one per 30 s).
         """
         if not requests:
             raise ValueError("nothing to admit")
         ids = list(job_ids) if job_ids is not None else [secrets.token_hex(6) for _ in requests]
         key = key if key is not None else owner_member(requests[0].owner)
-        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after, metas, charge, notify)
+        admit = Admit(ids, requests, limits, key, exempt, queue_retry_after, metas, charge, notify, tokens)
         admit.check(await self._scripts.call("admit", *admit.args()))
         return ids
 

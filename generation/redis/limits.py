@@ -41,6 +41,7 @@ class Admit:
     metas: Sequence[str] | None = None  # per job, the client's record of it (the hash's ``meta``)
     charge: int | None = None  # what the jobs count together against max_active and the rate (None: one each)
     notify: str = ""  # the stream told when the jobs end (the hash's ``notify``); "" for ``events``
+    tokens: int | None = None  # what the jobs take from the rate (None: the charge; the bot's long tracks: more)
 
     def __post_init__(self) -> None:
         if not self.requests:
@@ -53,17 +54,24 @@ class Admit:
             raise ValueError("give one meta per request")
         if self.charge is not None and self.charge < 1:
             raise ValueError(f"the charge must be at least 1, got {self.charge}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ValueError(f"the tokens must be at least 1, got {self.tokens}")
 
     @property
     def cost(self) -> int:
         """What the admission counts against ``max_active`` and the rate."""
         return len(self.requests) if self.charge is None else self.charge
 
+    @property
+    def rate_tokens(self) -> int:
+        """What the admission takes from the rate."""
+        return self.cost if self.tokens is None else self.tokens
+
     def args(self) -> list[Arg]:
         limits = self.limits
         args: list[Arg] = [
             self.key, int(self.exempt), limits.max_active, limits.rate_count, repr(limits.rate_window),
-            limits.queue_cap, repr(TIME_EPSILON), self.notify, self.cost, len(self.requests),
+            limits.queue_cap, repr(TIME_EPSILON), self.notify, self.cost, self.rate_tokens, len(self.requests),
         ]
         metas = self.metas if self.metas is not None else [""] * len(self.requests)
         for job_id, request, meta in zip(self.job_ids, self.requests, metas, strict=True):
@@ -82,7 +90,7 @@ class Admit:
         if verdict == "active":
             return active_refusal(self.limits, int(value), self.cost)
         if verdict == "rate":
-            return rate_refusal(self.limits, float(value) if value else None, self.cost)
+            return rate_refusal(self.limits, float(value) if value else None, self.rate_tokens)
         if verdict == "queue_full":
             return queue_refusal(self.limits, int(value), len(self.requests), self.queue_retry_after)
         if verdict == "duplicate":

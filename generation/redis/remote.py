@@ -118,6 +118,7 @@ class RemoteEngine:
     async def admit(
         self, requests: Sequence[JobRequest], *, limits: UserLimits, key: str, exempt: bool,
         metas: Sequence[str] | None = None, job_ids: Sequence[str] | None = None, charge: int | None = None,
+        tokens: int | None = None,
     ) -> list[JobHandle]:
         """Check and charge the limits and queue ``requests``, atomically, in Redis; handles to follow them.
 
@@ -130,7 +131,7 @@ class RemoteEngine:
                 requests = [await self._upload(request) for request in requests]
                 ids = await self.redis.admit(
                     requests, limits=limits, key=key, exempt=exempt, job_ids=job_ids, metas=metas,
-                    notify=self.inbox.stream, charge=charge,
+                    notify=self.inbox.stream, charge=charge, tokens=tokens,
                 )
         except (RedisError, TimeoutError) as exc:
             log.warning("Redis is unreachable; refusing a request: %s", exc)

@@ -1,14 +1,15 @@
 -- admit: check and charge one user's limits, then queue their jobs; all or nothing.
 -- ARGV[4] admission key, [5] exempt ('1'/'0'), [6] max_active, [7] rate_count, [8] rate_window (s),
 -- [9] queue_cap, [10] float slack (s), [11] the stream told when the jobs end (kept as `notify`; '' for
--- `events`), [12] c, the charge: what the n jobs count together against max_active and the rate (n, or 1
--- for a request of several takes), [13] n, then n times: job id, model, model tag, member, request, meta
--- (the client's own record of the job, kept in the hash as `meta`; '' for none).
+-- `events`), [12] c, the charge: what the n jobs count together against max_active (n, or 1 for a request
+-- of several takes), [13] tokens, what they take from the rate (c, or more for a long track), [14] n, then
+-- n times: job id, model, model tag, member, request, meta (the client's own record of the job, kept in
+-- the hash as `meta`; '' for none).
 -- The checks, in generation.admission.Admission's order (the first that fails answers):
 --   active      a user's charges queued or running + c > max_active       -> {'active', active}
 --   rate        GCRA, the token bucket of rate_count per rate_window:
---               c > rate_count                                            -> {'rate', ''}
---               seconds until c tokens are there > slack                  -> {'rate', wait}
+--               tokens > rate_count                                       -> {'rate', ''}
+--               seconds until `tokens` are there > slack                  -> {'rate', wait}
 --   queue_full  waiting jobs, all users + n > queue_cap                   -> {'queue_full', waiting}
 -- Exempt keys skip the first two and are not charged tokens. Answers {'ok'}, or
 -- {'duplicate', id} when a job id is taken. Times are the server's clock (TIME).
@@ -16,11 +17,11 @@
 local akey, exempt = ARGV[4], ARGV[5] == '1'
 local max_active, rate_count, window = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local cap, slack, notify = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
-local c, n = tonumber(ARGV[12]), tonumber(ARGV[13])
+local c, tokens, n = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 
 local jobs = {}
 for i = 0, n - 1 do
-  local b = 14 + i * 6
+  local b = 15 + i * 6
   local job = {id = ARGV[b], model = ARGV[b + 1], mtag = ARGV[b + 2], member = ARGV[b + 3], request = ARGV[b + 4],
     meta = ARGV[b + 5]}
   if redis.call('EXISTS', job_key(job.id)) == 1 then return {'duplicate', job.id} end
@@ -34,15 +35,15 @@ local rate = P .. 'rate:' .. akey
 local full_at = tonumber(redis.call('GET', rate) or '0')
 if not exempt then
   if active + c > max_active then return {'active', tostring(active)} end
-  if c > rate_count then return {'rate', ''} end
-  local wait = math.max(0, full_at - t) - (rate_count - c) * window / rate_count
+  if tokens > rate_count then return {'rate', ''} end
+  local wait = math.max(0, full_at - t) - (rate_count - tokens) * window / rate_count
   if wait > slack then return {'rate', string.format('%.17g', wait)} end
 end
 local waiting = tonumber(redis.call('GET', QUEUED) or '0')
 if waiting + n > cap then return {'queue_full', tostring(waiting)} end
 
 if not exempt then
-  full_at = math.max(full_at, t) + c * window / rate_count
+  full_at = math.max(full_at, t) + tokens * window / rate_count
   local ttl = math.ceil((full_at - t) * 1000) + 1 -- a full bucket is a missing one
   redis.call('SET', rate, string.format('%.17g', full_at), 'PX', ttl)
 end
