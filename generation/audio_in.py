@@ -125,7 +125,8 @@ def check_upload(filename: str, content_type: str | None, size: int, limits: Lim
 
 
 def megabytes(size: int) -> str:
-    return f"{size / 1_048_576:.1f} MB"
+    """``31457280`` -> ``30.0 MB``; under a megabyte, in KB."""
+    return f"{size / 1_048_576:.1f} MB" if size >= 1_048_576 else f"{max(1, round(size / 1024))} KB"
 
 
 # -- preparing ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""/generate, and the buttons under every result (🔁 regenerate, 🎲 variations, ⏩ extend)."""
+"""/generate (with an optional audio file), and the buttons under every result (🔁 regenerate, 🎲 variations,
+⏩ extend)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import uploads
 from bot.checks import allowed_here
 from bot.errors import UserError
 from bot.journal import JobRecord
@@ -18,6 +20,7 @@ from bot.pipeline import Asker
 from bot.store import GuildSettings
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
+from generation.audio_in import Mode
 from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
 from generation.models import resolve_model_id
 
@@ -28,6 +31,12 @@ log = logging.getLogger(__name__)
 
 VARIATIONS = 3
 EXTEND_CONTEXT = 10  # seconds of the clip the model listens to before continuing it
+MODES = [
+    app_commands.Choice(name="continue the file (its last 10 s)", value=Mode.CONTINUE.value),
+    app_commands.Choice(name="follow its melody (first 30 s; melody models)", value=Mode.MELODY.value),
+]
+
+
 def new_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
@@ -47,7 +56,10 @@ class Generate(commands.Cog, name="Generate"):
         cfg="How closely to follow the prompt (classifier-free guidance)",
         format="Audio file format (default: the server's, usually Opus)",
         model="Which MusicGen model",
+        audio="An audio file (mp3, ogg, wav, flac, m4a) to continue, or whose melody to follow",
+        mode="What to do with the audio file (default: continue it)",
     )
+    @app_commands.choices(mode=MODES)
     async def generate(
         self,
         interaction: discord.Interaction,
@@ -60,15 +72,23 @@ class Generate(commands.Cog, name="Generate"):
         cfg: app_commands.Range[float, 0.0, CFG_MAX] = 3.0,
         format: OutputFormat | None = None,
         model: str | None = None,
+        audio: discord.Attachment | None = None,
+        mode: app_commands.Choice[str] | None = None,
     ) -> None:
         guild = allowed_here(interaction, self.bot.store)
+        if mode is not None and audio is None:
+            raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
+        how = Mode(mode.value) if mode is not None else Mode.CONTINUE
         fields: dict[str, Any] = {
-            "prompt": prompt, "duration": duration, "model": self._model(model),
+            "prompt": prompt, "duration": float(duration), "model": self.model_for(model, how),
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_coef": cfg},
             "format": format or guild.default_format or self.bot.settings.default_format,
         }
         if seed is not None:
             fields["seed"] = seed
+        if audio is not None:
+            await self.start_with_audio(interaction, guild, fields, audio, how)
+            return
         request = self._request(interaction, guild, fields)
         await self._start(interaction, [request], title_for("generate", request.prompt, request.duration))
 
@@ -91,7 +111,10 @@ class Generate(commands.Cog, name="Generate"):
     def _for_action(
         self, interaction: discord.Interaction, guild: GuildSettings, record: JobRecord, action: str
     ) -> tuple[list[JobRequest], str]:
-        base = record.request.model_dump(exclude={"seed", "max_file_bytes", "owner", "continue_from"})
+        dropped = {"seed", "max_file_bytes", "owner", "continue_from"}
+        if record.request.continue_from is not None:  # the note was about the clip it continued
+            dropped.add("audio_note")
+        base = record.request.model_dump(exclude=dropped)
         prompt, duration = record.request.prompt, record.request.duration
         if action == "regen":
             request = self._request(interaction, guild, {**base, "seed": new_seed()})
@@ -104,6 +127,35 @@ class Generate(commands.Cog, name="Generate"):
         extension = max(1.0, min(duration, self.bot.pipeline.max_duration(guild) - EXTEND_CONTEXT))
         fields = {**base, "seed": new_seed(), "duration": extension, "continue_from": record.audio_path}
         return [self._request(interaction, guild, fields)], title_for("extend", prompt, extension)
+
+    # -- audio in -----------------------------------------------------------------------
+    async def start_with_audio(
+        self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any],
+        attachment: discord.Attachment, mode: Mode,
+    ) -> None:
+        """What costs nothing is refused before the deferral; the download, decoding and limits after it (a refusal
+        then replaces the "thinking…" message with a private one)."""
+        limits = uploads.limits_of(self.bot.settings)
+        self._request(interaction, guild, fields)  # every other value, refused now
+        uploads.check(attachment, limits)
+        await interaction.response.defer(thinking=True)
+        folder = uploads.uploads_dir(self.bot.engine.settings.data_dir)
+        try:
+            prepared = await uploads.fetch(attachment, mode, fields["model"], folder, limits)
+            extra = uploads.input_fields(prepared, fields["duration"], self.bot.pipeline.max_duration(guild))
+            request = self._request(interaction, guild, {**fields, **extra})
+            title = title_for(mode.value, request.prompt, request.duration, source=prepared.name)
+            ticket = await self.bot.pipeline.admit(Asker.of(interaction), [request], title, interaction)
+        except Exception as exc:
+            await uploads.refuse_deferred(interaction, exc)
+            return
+        await self.bot.pipeline.launch(ticket, [request])
+
+    def model_for(self, name: str | None, mode: Mode = Mode.CONTINUE) -> str:
+        """The model asked for (default: the first served; for a melody, the first melody model served)."""
+        if mode is Mode.MELODY:
+            return uploads.melody_model(self.bot.models, None if name is None else self._model(name))
+        return self._model(name)
 
     # -- shared -------------------------------------------------------------------------
     def _model(self, name: str | None) -> str:
