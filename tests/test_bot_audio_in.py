@@ -46,7 +46,12 @@ async def test_a_continuation_from_an_uploaded_file(world: World, song: bytes, t
         interaction = await world.generate(prompt="funk bass", duration=3, format="wav", audio=upload)
         assert (await interaction.wait_callback()).type == 5
         (post,) = await world.result_of(interaction)
+        regen = await world.fake.press_button(post, f"jamgen:regen:{job_of(post)}", user=world.alice,
+                                              guild=world.guild)
+        (again,) = await world.result_of(regen)
     assert fields_of(post)["Audio in"] == "continues the last 10 s of song.mp3 (0:04–0:14)"
+    assert fields_of(again)["Audio in"] == fields_of(post)["Audio in"], "🔁 continues the same part again"
+    assert abs(decode(again.attachments[0].data).duration - 13.0) < 0.05 and job_of(again) != job_of(post)
     assert post.embeds[0]["title"].startswith("⏩ continuing song.mp3: funk bass · +3 s")
     track = decode(post.attachments[0].data)
     assert abs(track.duration - 13.0) < 0.05  # the part it heard, then 3 s more

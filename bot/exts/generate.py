@@ -80,7 +80,7 @@ class Generate(commands.Cog, name="Generate"):
             raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
         how = Mode(mode.value) if mode is not None else Mode.CONTINUE
         fields: dict[str, Any] = {
-            "prompt": prompt, "duration": float(duration), "model": self.model_for(model, how),
+            "prompt": prompt, "duration": duration, "model": self.model_for(model, how),
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_coef": cfg},
             "format": format or guild.default_format or self.bot.settings.default_format,
         }
@@ -111,10 +111,7 @@ class Generate(commands.Cog, name="Generate"):
     def _for_action(
         self, interaction: discord.Interaction, guild: GuildSettings, record: JobRecord, action: str
     ) -> tuple[list[JobRequest], str]:
-        dropped = {"seed", "max_file_bytes", "owner", "continue_from"}
-        if record.request.continue_from is not None:  # the note was about the clip it continued
-            dropped.add("audio_note")
-        base = record.request.model_dump(exclude=dropped)
+        base = self._base_of(record.request, action)
         prompt, duration = record.request.prompt, record.request.duration
         if action == "regen":
             request = self._request(interaction, guild, {**base, "seed": new_seed()})
@@ -127,6 +124,19 @@ class Generate(commands.Cog, name="Generate"):
         extension = max(1.0, min(duration, self.bot.pipeline.max_duration(guild) - EXTEND_CONTEXT))
         fields = {**base, "seed": new_seed(), "duration": extension, "continue_from": record.audio_path}
         return [self._request(interaction, guild, fields)], title_for("extend", prompt, extension)
+
+    @staticmethod
+    def _base_of(request: JobRequest, action: str) -> dict[str, Any]:
+        """The fields a button's jobs keep. 🔁 and 🎲 continue the same part of an upload again (a ⏩ Extend's
+        clip is not kept: they start afresh); ⏩ continues the track itself."""
+        upload_part = request.continue_from if request.audio_note is not None else None
+        dropped = {"seed", "max_file_bytes", "owner", "continue_from"}
+        if request.continue_from is not None and (action == "extend" or upload_part is None):
+            dropped.add("audio_note")  # it said which part of an upload the track continued
+        base = request.model_dump(exclude=dropped)
+        if upload_part is not None and action != "extend":
+            base["continue_from"] = upload_part
+        return base
 
     # -- audio in -----------------------------------------------------------------------
     async def start_with_audio(
