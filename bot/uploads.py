@@ -58,11 +58,11 @@ async def fetch(attachment: discord.Attachment, mode: Mode, model: str, folder: 
                                   folder=folder, limits=limits)
 
 
-def input_fields(prepared: Prepared, asked: float, max_duration: float) -> dict[str, Any]:
+def input_fields(prepared: Prepared, asked: float) -> dict[str, Any]:
     """A request's fields for the prepared upload: a continuation adds seconds to the part it hears."""
     if prepared.mode is Mode.MELODY:
         return {"melody_from": str(prepared.path), "audio_note": prepared.describe()}
-    added = audio_in.extension_seconds(asked, prepared.seconds, max_duration)
+    added = audio_in.extension_seconds(asked, prepared.seconds)
     return {"continue_from": str(prepared.path), "duration": added, "audio_note": prepared.describe()}
 
 

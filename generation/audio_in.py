@@ -34,6 +34,7 @@ SAMPLE_RATE = 32_000  # every MusicGen model's
 CONTEXT_SECONDS = 10.0  # the end of an upload a continuation hears (as ⏩ Extend)
 MELODY_SECONDS = 30.0  # MusicGen's melody models read the first 30 s
 MIN_SECONDS = 1.0  # less cannot prompt a continuation
+SLACK = 0.25  # seconds a file may decode to beyond what its header says (codec padding) before it counts as longer
 MODEL_WINDOW = 30.0  # context + continuation fit in one pass of the model
 PROBE_TIMEOUT = 10.0
 DECODE_TIMEOUT = 30.0
@@ -85,9 +86,10 @@ class Prepared:
     def describe(self) -> str:
         """For the result card: ``continues the last 10 s of song.mp3 (1:20–1:30)``."""
         span = f"({clock(self.start)}–{clock(self.end)})"
+        seconds = f"{round(self.seconds, 1):g}"
         if self.mode is Mode.MELODY:
-            return f"follows the melody of the first {self.seconds:.0f} s of {self.name} {span}"
-        return f"continues the last {self.seconds:.0f} s of {self.name} {span}"
+            return f"follows the melody of the first {seconds} s of {self.name} {span}"
+        return f"continues the last {seconds} s of {self.name} {span}"
 
 
 def clock(seconds: float) -> str:
@@ -192,7 +194,7 @@ def _check_claim(claimed: float | None, name: str, limits: Limits) -> None:
 
 
 def _check_decoded(total: float, claimed: float | None, name: str, size: int, limits: Limits, mode: Mode) -> None:
-    if mode is Mode.CONTINUE and total > limits.max_seconds:
+    if mode is Mode.CONTINUE and total > limits.max_seconds + SLACK:
         said = "doesn't say how long it is" if claimed is None else f"says {clock(claimed)}"
         raise AudioRefused(
             f"{name} unpacks to more than {clock(limits.max_seconds)} of audio from {megabytes(size)}, though its "
@@ -266,7 +268,7 @@ async def decode(path: Path, name: str, *, channels: int, max_seconds: float, ke
     keep = int((keep_first or keep_last or max_seconds) * SAMPLE_RATE) * frame
     args = [
         _tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
-        "-format_whitelist", DEMUXERS, "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-format_whitelist", DEMUXERS, "-threads", "1", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-ac", str(channels), "-ar", str(SAMPLE_RATE), "-t", f"{max_seconds + 0.5:.3f}",
         "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
     ]
@@ -377,7 +379,7 @@ def is_melody_model(model: str) -> bool:
     return "melody" in model.lower()
 
 
-def extension_seconds(asked: float, context: float, max_duration: float) -> float:
-    """Seconds a continuation adds: what was asked, within the track limit and the model's window."""
-    room = min(max_duration, MODEL_WINDOW) - context
-    return max(MIN_SECONDS, min(asked, room))
+def extension_seconds(asked: float, context: float) -> float:
+    """Seconds a continuation adds: what was asked (already within the server's limit), as far as the model's
+    window leaves room after the part it hears."""
+    return max(MIN_SECONDS, min(asked, MODEL_WINDOW - context))

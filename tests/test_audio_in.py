@@ -172,9 +172,12 @@ def test_old_prepared_files_are_pruned(tmp_path: Path) -> None:
 
 
 def test_continuations_fit_the_model_window() -> None:
-    assert audio_in.extension_seconds(8, 10.0, 30) == 8
-    assert audio_in.extension_seconds(30, 10.0, 30) == 20
-    assert audio_in.extension_seconds(30, 4.0, 30) == 26
-    assert audio_in.extension_seconds(8, 10.0, 60) == 8
-    assert audio_in.extension_seconds(50, 10.0, 60) == 20  # the model's window, whatever the limit
-    assert audio_in.extension_seconds(5, 10.0, 8) == 1.0
+    assert audio_in.extension_seconds(8, 10.0) == 8
+    assert audio_in.extension_seconds(30, 10.0) == 20
+    assert audio_in.extension_seconds(30, 4.0) == 26
+    assert audio_in.extension_seconds(5, 29.5) == 1.0
+
+
+def test_the_card_says_the_part_to_a_tenth_of_a_second(tmp_path: Path) -> None:
+    part = Prepared(tmp_path / "x.wav", "a.mp3", Mode.CONTINUE, start=3723.0, end=3727.5)
+    assert part.describe() == "continues the last 4.5 s of a.mp3 (1:02:03–1:02:07)"

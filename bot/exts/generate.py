@@ -152,7 +152,7 @@ class Generate(commands.Cog, name="Generate"):
         folder = uploads.uploads_dir(self.bot.engine.settings.data_dir)
         try:
             prepared = await uploads.fetch(attachment, mode, fields["model"], folder, limits)
-            extra = uploads.input_fields(prepared, fields["duration"], self.bot.pipeline.max_duration(guild))
+            extra = uploads.input_fields(prepared, fields["duration"])
             request = self._request(interaction, guild, {**fields, **extra})
             title = title_for(mode.value, request.prompt, request.duration, source=prepared.name)
             ticket = await self.bot.pipeline.admit(Asker.of(interaction), [request], title, interaction)
