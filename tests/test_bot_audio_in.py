@@ -3,11 +3,13 @@ every hostile or broken file refused with its own message while the bot keeps se
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bot.housekeeping import prune
 from bot.journal import State
 from tests import audio_files
 from tests.bot_harness import World, job_of, journal_of, running_bot, state_reached
@@ -173,3 +175,14 @@ async def test_each_rejected_upload_gets_its_own_message_and_the_bot_keeps_servi
                               "attachment.",
     }
     assert not (tmp_path / "uploads").exists() or list((tmp_path / "uploads").iterdir()) == []
+
+
+async def test_prepared_uploads_are_pruned_with_the_journal(tmp_path: Path) -> None:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / "used.wav").write_bytes(b"x")
+    async with journal_of(tmp_path) as store:
+        assert await prune(store, retention_days=1, uploads=folder) == 0
+        assert (folder / "used.wav").exists()  # used within the retention
+        await prune(store, retention_days=1, now=time.time() + 2 * 86400, uploads=folder)
+    assert list(folder.iterdir()) == []
