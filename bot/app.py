@@ -26,6 +26,7 @@ from bot.settings import BotSettings
 from bot.shared import SharedState
 from bot.store import Store
 from bot.ui.buttons import result_view
+from bot.uploads import uploads_dir
 from generation.errors import ModelLoadError
 from generation.metrics import Metrics
 from generation.models import resolve_model_id
@@ -102,7 +103,8 @@ class JamBot(commands.Bot):
         if isinstance(self.engine, Engine):  # on Redis, the workers load the models
             self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
         self._background.append(asyncio.create_task(
-            prune_forever(self.store, self.settings.retention_days), name="jamgen-housekeeping"
+            prune_forever(self.store, self.settings.retention_days,
+                          uploads=uploads_dir(self.engine.settings.data_dir)), name="jamgen-housekeeping"
         ))
         self._background.append(asyncio.create_task(keep_gauges(self.engine, self.metrics), name="jamgen-gauges"))
         if self.shared is not None:

@@ -85,6 +85,14 @@ class BotSettings(BaseSettings):
         7.0, gt=0, le=3650, validation_alias=_alias("JAMGEN_RETENTION_DAYS", "retention_days"),
         description="finished jobs and their audio files are forgotten after this many days",
     )
+    upload_max_mb: float = Field(
+        25.0, gt=0, le=500, validation_alias=_alias("JAMGEN_UPLOAD_MAX_MB", "upload_max_mb"),
+        description="the largest audio file taken as input (checked before download)",
+    )
+    upload_max_seconds: float = Field(
+        600.0, ge=10, le=3600, validation_alias=_alias("JAMGEN_UPLOAD_MAX_SECONDS", "upload_max_seconds"),
+        description="the longest audio file taken as input; decoding stops there",
+    )
     shutdown_grace: float = Field(
         60.0, ge=0.0, le=900, validation_alias=_alias("JAMGEN_SHUTDOWN_GRACE", "shutdown_grace"),
         description="seconds a stopping bot lets the running batch finish and be delivered",

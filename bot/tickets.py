@@ -58,8 +58,14 @@ class Timing:
     generated_in: float
 
 
-def title_for(kind: str, prompt: str, duration: float, count: int = 1) -> str:
+def title_for(kind: str, prompt: str, duration: float, count: int = 1, source: str = "") -> str:
+    """The status message's first line (the card's title). ``source``: the uploaded file, for ``continue`` and
+    ``melody``."""
     what = safe(prompt, 150)
+    if kind == "continue":
+        return f"⏩ continuing **{safe(source, 80)}**: **{what}** · +{duration:g} s"
+    if kind == "melody":
+        return f"🎼 **{what}** · {duration:g} s, on the melody of **{safe(source, 80)}**"
     if kind == "vary":
         return f"🎲 {count} variations of **{what}** · {duration:g} s"
     if kind == "extend":

@@ -122,6 +122,10 @@ class JobRequest(BaseModel):
     melody_from: str | None = Field(
         None, description="an audio file whose melody (chroma) guides a melody model (its first 30 s)"
     )
+    audio_note: str | None = Field(
+        None, max_length=300, description="opaque to the engine: which part of an uploaded file the job uses (the card "
+        "says it), e.g. 'continues the last 10 s of song.mp3 (1:20–1:30)'"
+    )
 
     @field_validator("prompt")
     @classmethod

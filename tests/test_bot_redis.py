@@ -28,8 +28,9 @@ from generation.redis.registry import WorkerInfo
 from generation.redis.remote import RemoteEngine
 from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
+from tests import audio_files
 from tests.bot_harness import World, job_of, journal_of, posts_of, running_bot, user_text, waveform_of
-from tests.fakes.discord import FakeInteraction
+from tests.fakes.discord import FakeAttachment, FakeInteraction
 from tests.helpers import decode
 from tests.redis_helpers import serving, until
 from tests.redis_server import RedisServer
@@ -192,6 +193,34 @@ async def test_extend_sends_the_clip_through_redis_not_as_a_path(
             [longer] = await world.result_of(pressed)
     assert abs(decode(longer.attachments[0].data).duration - 6.0) < 0.05  # the whole clip, then 3 s more
     assert list((tmp_path / "worker" / "inputs").iterdir()) == [], "the worker keeps no input once the job ended"
+
+
+async def test_an_uploaded_file_is_continued_by_a_worker_that_gets_its_decoded_part_through_redis(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """The bot decodes the upload into its data dir; the worker, with a data dir of its own, reads it from Redis."""
+    upload = FakeAttachment("riff.flac", "audio/flac", audio_files.tone(".flac", 6.0))
+    async with bot_on(world, redis_server, tiny_model_dir, tmp_path / "bot"):
+        interaction = await world.generate(prompt="surf rock", duration=2, format="wav", audio=upload)
+        assert (await interaction.wait_callback()).type == 5
+        await until(lambda: _queued(redis_jobs, tiny_model_dir))
+        [job_id] = await redis_jobs.ordered(str(tiny_model_dir))
+        record = await redis_jobs.job(job_id)
+        assert record is not None and '"continue_from":"redis-input:' in record.request_json
+        for kept in (tmp_path / "bot" / "uploads").iterdir():
+            kept.unlink()
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, data_dir=tmp_path / "worker"):
+            [post] = await world.result_of(interaction)
+    assert abs(decode(post.attachments[0].data).duration - 8.0) < 0.05  # the 6 s it heard, then 2 s more
+    assert {f["name"]: f["value"] for f in post.embeds[0]["fields"]}["Audio in"] == (
+        "continues the last 6 s of riff.flac (0:00–0:06)"
+    )
+    assert list((tmp_path / "worker" / "inputs").iterdir()) == [], "the worker keeps no input once the job ended"
+
+
+async def _queued(jobs: RedisJobs, model_dir: Path) -> bool:
+    return len(await jobs.ordered(str(model_dir))) == 1
 
 
 async def test_guild_settings_and_the_command_hash_are_shared_through_redis(

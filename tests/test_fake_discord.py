@@ -15,7 +15,15 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser, connected
+from tests.fakes.discord import (
+    FakeAttachment,
+    FakeChannel,
+    FakeDiscord,
+    FakeGuild,
+    FakeInteraction,
+    FakeUser,
+    connected,
+)
 from tests.fakes.models import ADMINISTRATOR
 
 pytestmark = pytest.mark.timeout(30)
@@ -405,6 +413,83 @@ async def test_too_large_upload_is_refused(world: World) -> None:
                                       attachment_size_limit=1024)
         error = await settled(refused)
     assert (error.status, error.code) == (413, 40005)
+
+
+async def test_an_attachment_option_is_resolved_and_served_by_the_cdn(world: World) -> None:
+    bot = make_bot()
+    got = outcome()
+
+    @bot.tree.command(description="Remix a file")
+    async def remix(interaction: discord.Interaction, file: discord.Attachment, note: str = "") -> None:
+        await interaction.response.defer(thinking=True)
+        got.set_result((file.filename, file.size, file.content_type, file.ephemeral, await file.read()))
+        await interaction.followup.send("got it")
+
+    upload = FakeAttachment("loop.ogg", "audio/ogg", AUDIO)
+    liar = FakeAttachment("huge.wav", "audio/wav", b"tiny", claimed_size=500 * 1024 * 1024)
+    async with connected(world.fake, bot):
+        await bot.tree.sync()
+        declared = world.fake.commands["global"][0]["options"][0]
+        assert (declared["name"], declared["type"]) == ("file", 11)
+        interaction = await world.fake.send_command("remix", {"file": upload, "note": "x"}, user=world.alice,
+                                                    guild=world.guild, channel=world.channel)
+        assert await settled(got) == ("loop.ogg", len(AUDIO), "audio/ogg", True, AUDIO)
+        got = outcome()
+        await world.fake.send_command("remix", {"file": liar}, user=world.alice, guild=world.guild,
+                                      channel=world.channel)
+        assert (await settled(got))[1:2] == (500 * 1024 * 1024,)  # the stated size is what a test says it is
+
+    data = interaction.payload["data"]
+    assert data["options"][0] == {"name": "file", "type": 11, "value": str(upload.id)}
+    resolved = data["resolved"]["attachments"][str(upload.id)]
+    assert resolved["url"].startswith("http://127.0.0.1:") and resolved["size"] == len(AUDIO)
+    assert world.fake.downloads == [upload.id, liar.id]
+    assert world.fake.validation_errors == [] and world.fake.unknown_routes == []
+
+
+async def test_a_message_context_menu_and_a_modal(world: World) -> None:
+    """A user's message with a file; a message command on it answers with a modal; its submission reaches the bot."""
+    bot = make_bot()
+    got = outcome()
+
+    class Prompt(discord.ui.Modal, title="Remix this"):
+        prompt: discord.ui.TextInput[Prompt] = discord.ui.TextInput(label="Prompt", custom_id="prompt", default="lofi")
+        seconds: discord.ui.TextInput[Prompt] = discord.ui.TextInput(label="Seconds", custom_id="seconds",
+                                                                     required=False)
+
+        def __init__(self, target: discord.Message) -> None:
+            super().__init__()
+            self.target = target
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            data = await self.target.attachments[0].read()
+            got.set_result((self.prompt.value, self.seconds.value, self.target.author.id, data))
+            await interaction.response.send_message("remixing")
+
+    async def remix(interaction: discord.Interaction, message: discord.Message) -> None:
+        await interaction.response.send_modal(Prompt(message))
+
+    bot.tree.add_command(app_commands.ContextMenu(name="Remix this", callback=remix))
+    async with connected(world.fake, bot):
+        await bot.tree.sync()
+        assert [(c["name"], c["type"]) for c in world.fake.commands["global"]] == [("Remix this", 3)]
+        posted = await world.fake.post_message(world.channel, world.bob, "my loop",
+                                               [FakeAttachment("loop.mp3", None, AUDIO)])
+        menu = await world.fake.send_message_command("Remix this", posted, user=world.alice, guild=world.guild)
+        callback = await menu.wait_callback()
+        with pytest.raises(ValueError, match="no text input"):
+            await world.fake.submit_modal(menu, {"nope": "x"})
+        submitted = await world.fake.submit_modal(menu, {"prompt": "dub techno"})
+        answer = await submitted.wait_callback()
+        assert await settled(got) == ("dub techno", "", world.bob.id, AUDIO)
+
+    assert callback.type == 9 and callback.data is not None and callback.data["title"] == "Remix this"
+    target = menu.payload["data"]
+    assert (target["type"], target["target_id"]) == (3, str(posted.id))
+    assert target["resolved"]["messages"][str(posted.id)]["author"]["id"] == str(world.bob.id)
+    assert answer.type == 4 and submitted.original is not None and submitted.original.content == "remixing"
+    assert submitted.original.message_type == 0 and menu.original is None
+    assert world.fake.validation_errors == [] and world.fake.unknown_routes == []
 
 
 async def test_disconnect_then_resume_replays_missed_events(world: World) -> None:

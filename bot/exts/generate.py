@@ -1,4 +1,5 @@
-"""/generate, and the buttons under every result (🔁 regenerate, 🎲 variations, ⏩ extend)."""
+"""/generate (with an optional audio file), and the buttons under every result (🔁 regenerate, 🎲 variations,
+⏩ extend)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import uploads
 from bot.checks import allowed_here
 from bot.errors import UserError
 from bot.journal import JobRecord
@@ -19,6 +21,7 @@ from bot.pipeline import Asker
 from bot.store import GuildSettings
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
+from generation.audio_in import Mode
 from generation.jobs import CFG_MAX, PROMPT_MAX_CHARS, SEED_MAX, TEMPERATURE_MAX, TOP_K_MAX, JobRequest, OutputFormat
 from generation.models import resolve_model_id
 from generation.settings import MAX_DURATION_CAP
@@ -29,6 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VARIATIONS = 3
+MODES = [
+    app_commands.Choice(name="continue the file (its last 10 s)", value=Mode.CONTINUE.value),
+    app_commands.Choice(name="follow its melody (first 30 s; melody models)", value=Mode.MELODY.value),
+]
+
+
 def new_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
@@ -51,7 +60,10 @@ class Generate(commands.Cog, name="Generate"):
         cfg="How closely to follow the prompt (classifier-free guidance)",
         format="Audio file format (default: the server's, usually Opus)",
         model="Which MusicGen model",
+        audio="An audio file (mp3, ogg, wav, flac, m4a) to continue, or whose melody to follow",
+        mode="What to do with the audio file (default: continue it)",
     )
+    @app_commands.choices(mode=MODES)
     async def generate(
         self,
         interaction: discord.Interaction,
@@ -64,15 +76,23 @@ class Generate(commands.Cog, name="Generate"):
         cfg: app_commands.Range[float, 0.0, CFG_MAX] = 3.0,
         format: OutputFormat | None = None,
         model: str | None = None,
+        audio: discord.Attachment | None = None,
+        mode: app_commands.Choice[str] | None = None,
     ) -> None:
         guild = allowed_here(interaction, self.bot.store)
+        if mode is not None and audio is None:
+            raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
+        how = Mode(mode.value) if mode is not None else Mode.CONTINUE
         fields: dict[str, Any] = {
-            "prompt": prompt, "duration": duration, "model": self._model(model),
+            "prompt": prompt, "duration": duration, "model": self.model_for(model, how),
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "cfg_coef": cfg},
             "format": format or guild.default_format or self.bot.settings.default_format,
         }
         if seed is not None:
             fields["seed"] = seed
+        if audio is not None:
+            await self.start_with_audio(interaction, guild, fields, audio, how)
+            return
         request = self._request(interaction, guild, fields)
         await self._start(interaction, [request], title_for("generate", request.prompt, request.duration))
 
@@ -95,7 +115,7 @@ class Generate(commands.Cog, name="Generate"):
     def _for_action(
         self, interaction: discord.Interaction, guild: GuildSettings, record: JobRecord, action: str
     ) -> tuple[list[JobRequest], str]:
-        base = record.request.model_dump(exclude={"seed", "max_file_bytes", "owner", "continue_from"})
+        base = self._base_of(record.request, action)
         prompt, duration = record.request.prompt, record.request.duration
         if action == "regen":
             request = self._request(interaction, guild, {**base, "seed": new_seed()})
@@ -108,6 +128,48 @@ class Generate(commands.Cog, name="Generate"):
         extension = min(duration, self.bot.pipeline.max_duration(guild))  # past the window it slides
         fields = {**base, "seed": new_seed(), "duration": extension, "continue_from": record.audio_path}
         return [self._request(interaction, guild, fields)], title_for("extend", prompt, extension)
+
+    @staticmethod
+    def _base_of(request: JobRequest, action: str) -> dict[str, Any]:
+        """The fields a button's jobs keep. 🔁 and 🎲 continue the same part of an upload again (a ⏩ Extend's
+        clip is not kept: they start afresh); ⏩ continues the track itself."""
+        upload_part = request.continue_from if request.audio_note is not None else None
+        dropped = {"seed", "max_file_bytes", "owner", "continue_from"}
+        if request.continue_from is not None and (action == "extend" or upload_part is None):
+            dropped.add("audio_note")  # it said which part of an upload the track continued
+        base = request.model_dump(exclude=dropped)
+        if upload_part is not None and action != "extend":
+            base["continue_from"] = upload_part
+        return base
+
+    # -- audio in -----------------------------------------------------------------------
+    async def start_with_audio(
+        self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any],
+        attachment: discord.Attachment, mode: Mode,
+    ) -> None:
+        """What costs nothing is refused before the deferral; the download, decoding and limits after it (a refusal
+        then replaces the "thinking…" message with a private one)."""
+        limits = uploads.limits_of(self.bot.settings)
+        self._request(interaction, guild, fields)  # every other value, refused now
+        uploads.check(attachment, limits)
+        await interaction.response.defer(thinking=True)
+        folder = uploads.uploads_dir(self.bot.engine.settings.data_dir)
+        try:
+            prepared = await uploads.fetch(attachment, mode, fields["model"], folder, limits)
+            extra = uploads.input_fields(prepared, fields["duration"])
+            request = self._request(interaction, guild, {**fields, **extra})
+            title = title_for(mode.value, request.prompt, request.duration, source=prepared.name)
+            ticket = await self.bot.pipeline.admit(Asker.of(interaction), [request], title, interaction)
+        except Exception as exc:
+            await uploads.refuse_deferred(interaction, exc)
+            return
+        await self.bot.pipeline.launch(ticket, [request])
+
+    def model_for(self, name: str | None, mode: Mode = Mode.CONTINUE) -> str:
+        """The model asked for (default: the first served; for a melody, the first melody model served)."""
+        if mode is Mode.MELODY:
+            return uploads.melody_model(self.bot.models, None if name is None else self._model(name))
+        return self._model(name)
 
     # -- shared -------------------------------------------------------------------------
     def _model(self, name: str | None) -> str:

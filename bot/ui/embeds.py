@@ -30,6 +30,8 @@ def result_embed(
     embed.add_field(name="Seed", value=f"`{request.seed}`")
     embed.add_field(name="Duration", value=f"{length:.1f} s")
     embed.add_field(name="Sampling", value=sampling_text(request), inline=False)
+    if request.audio_note:
+        embed.add_field(name="Audio in", value=safe(request.audio_note, 300), inline=False)
     embed.add_field(name="Model", value=safe(model_name(request.model), 100))
     embed.add_field(name="Queued", value=format_seconds(queued_for))
     embed.add_field(name="Generated in", value=format_seconds(generated_in))
@@ -47,8 +49,9 @@ def help_embed(
     embed.add_field(
         name="Commands",
         value=(
-            "`/generate prompt [duration] [seed] [temperature] [top_k] [top_p] [cfg] [format] [model]`"
-            " — queue a track\n"
+            "`/generate prompt [duration] [seed] [temperature] [top_k] [top_p] [cfg] [format] [model] [audio] [mode]`"
+            " — queue a track; with `audio`, continue that file (or follow its melody)\n"
+            "Apps menu on a message with audio: *Continue this track*, *Use as melody*\n"
             "`/queue` — your jobs, their positions and ETAs\n"
             "`/cancel [job]` — cancel your queued or running job\n"
             "`/jamgen settings …` — server settings (Manage Server)\n"

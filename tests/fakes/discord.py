@@ -37,16 +37,27 @@ from tests.fakes.gateway import Gateway
 from tests.fakes.interactions import (
     APPLICATION_COMMAND,
     AUTOCOMPLETE,
+    MESSAGE_COMMAND,
     MESSAGE_COMPONENT,
+    MODAL_SUBMIT,
     Invoker,
     Resolver,
     command_data,
+    context_menu_data,
     find_command,
     interaction_payload,
+    modal_submit_data,
     nest_options,
     option_definitions,
 )
-from tests.fakes.messages import CallbackRecord, FakeAttachment, FakeInteraction, FakeMessage, RecordedRequest
+from tests.fakes.messages import (
+    CallbackRecord,
+    FakeAttachment,
+    FakeInteraction,
+    FakeMessage,
+    RecordedRequest,
+    new_message,
+)
 from tests.fakes.models import (
     FakeChannel,
     FakeGuild,
@@ -107,6 +118,8 @@ class FakeDiscord:
         self.validation_errors: list[str] = []
         self.unknown_routes: list[str] = []  # "GET /no/such/route": requests no served route matched (answered 404)
         self.interactions: dict[int, FakeInteraction] = {}
+        self.uploads: dict[int, FakeAttachment] = {}  # files users attached to commands (ATTACHMENT options)
+        self.downloads: list[int] = []  # the attachment ids the CDN served, in order
         self.gateway = Gateway(heartbeat_interval_ms=heartbeat_interval_ms, on_identify=self._on_identify,
                                on_change=self.notify)
         self.base_url = ""
@@ -243,15 +256,37 @@ class FakeDiscord:
                            guild_command: bool | None = None) -> FakeInteraction:
         """Dispatch a slash command (INTERACTION_CREATE type 2); ``guild=None`` is a DM."""
         invoker = self._invoker(user, guild, channel, permissions, attachment_size_limit)
-        data = self._command_data(name, options or {}, guild, subcommands, raw_options, guild_command)
+        data = self._command_data(name, options or {}, guild, subcommands, raw_options, guild_command,
+                                  invoker.channel_id)
         return await self._dispatch_interaction(APPLICATION_COMMAND, data, invoker)
+
+    async def send_message_command(self, name: str, target: FakeMessage, *, user: FakeUser, guild: FakeGuild | None,
+                                   permissions: int | None = None) -> FakeInteraction:
+        """Dispatch a message context-menu command (type 2, command type 3) used on ``target``, in its channel."""
+        command, registered_in_guild = find_command(self.commands, name, guild, MESSAGE_COMMAND)
+        invoker = self._invoker(user, guild, target.channel_id, permissions, 10 * 1024 * 1024)
+        data = context_menu_data(command=command, name=name, kind=MESSAGE_COMMAND, guild_command=registered_in_guild,
+                                 guild=guild, target_id=target.id,
+                                 resolved={"messages": {str(target.id): self.message_payload(target)}})
+        return await self._dispatch_interaction(APPLICATION_COMMAND, data, invoker)
+
+    async def submit_modal(self, interaction: FakeInteraction, values: dict[str, str]) -> FakeInteraction:
+        """Dispatch the submission (type 5) of the modal the bot answered ``interaction`` with; ``values`` by the
+        text inputs' custom_id."""
+        callback = interaction.callback
+        if callback is None or callback.type != 9 or callback.data is None:
+            raise ValueError(f"the bot answered interaction {interaction.id} with no modal: {callback}")
+        guild = self.guilds.get(interaction.guild_id) if interaction.guild_id is not None else None
+        invoker = self._invoker(interaction.user, guild, interaction.channel_id, None,
+                                interaction.attachment_size_limit)
+        return await self._dispatch_interaction(MODAL_SUBMIT, modal_submit_data(callback.data, values), invoker)
 
     async def send_autocomplete(self, name: str, options: dict[str, object], *, focused: str, user: FakeUser,
                                 guild: FakeGuild | None, channel: FakeChannel | int,
                                 subcommands: tuple[str, ...] = ()) -> FakeInteraction:
         """Dispatch an autocomplete request (type 4) with ``focused`` as the option being typed."""
         invoker = self._invoker(user, guild, channel, None, 10 * 1024 * 1024)
-        data = self._command_data(name, options, guild, subcommands, None, None)
+        data = self._command_data(name, options, guild, subcommands, None, None, invoker.channel_id)
         leaves = data["options"]
         for name_ in subcommands:
             leaves = next(option for option in leaves if option["name"] == name_)["options"]
@@ -278,10 +313,16 @@ class FakeDiscord:
 
     def _command_data(self, name: str, options: dict[str, object], guild: FakeGuild | None,
                       subcommands: tuple[str, ...], raw_options: list[dict[str, Any]] | None,
-                      guild_command: bool | None) -> dict[str, Any]:
+                      guild_command: bool | None, channel_id: int) -> dict[str, Any]:
         command, registered_in_guild = find_command(self.commands, name, guild)
         declared = option_definitions(command, subcommands)
-        resolver = Resolver(guild, self.users)
+
+        def uploaded(attachment: FakeAttachment) -> dict[str, Any]:
+            """A file attached to the command: kept for the CDN, described as Discord does (ephemeral)."""
+            self.uploads[attachment.id] = attachment
+            return attachment.payload(self.attachments_base, channel_id, ephemeral=True)
+
+        resolver = Resolver(guild, self.users, uploaded)
         leaves = [resolver.option(key, value, declared.get(key)) for key, value in options.items()]
         return command_data(
             name=name,
@@ -320,11 +361,32 @@ class FakeDiscord:
     def message_by_id(self, message_id: int) -> FakeMessage | None:
         return self._messages_by_id.get(message_id)
 
+    @property
+    def attachments_base(self) -> str:
+        """Where the fake's CDN serves files: ``{attachments_base}/{channel_id}/{attachment_id}/{filename}``."""
+        return self.base_url.removesuffix(API_PREFIX) + "/attachments"
+
     def message_payload(self, message: FakeMessage) -> dict[str, Any]:
         interaction = self.interactions.get(message.interaction_id) if message.interaction_id else None
-        attachments_base = self.base_url.removesuffix(API_PREFIX) + "/attachments"
-        return message.payload(author=self.bot_user, attachments_base=attachments_base,
+        author = self.users.get(message.author_id, self.bot_user)
+        return message.payload(author=author, attachments_base=self.attachments_base,
                                interaction=interaction.metadata() if interaction else None)
+
+    def attachment(self, attachment_id: int) -> FakeAttachment | None:
+        """A file the CDN serves: one in a message, or one attached to a command."""
+        for message in self.messages:
+            for attachment in message.attachments:
+                if attachment.id == attachment_id:
+                    return attachment
+        return self.uploads.get(attachment_id)
+
+    async def post_message(self, channel: FakeChannel, user: FakeUser, content: str = "",
+                           attachments: list[FakeAttachment] | None = None) -> FakeMessage:
+        """A message a user posts (``via="user"``), e.g. with an audio file for a context-menu command."""
+        message = new_message(channel_id=channel.id, author_id=user.id, via="user", content=content,
+                              attachments=list(attachments or []), guild_id=channel.guild_id)
+        await self.add_message(message)
+        return message
 
     async def add_message(self, message: FakeMessage) -> None:
         self.messages.append(message)
@@ -349,7 +411,7 @@ class FakeDiscord:
             return
         data = self.message_payload(message)
         guild = self.guilds.get(message.guild_id) if message.guild_id is not None else None
-        member = guild.member(self.bot_user.id) if guild else None
+        member = guild.member(message.author_id) if guild else None
         if guild is not None:
             data["guild_id"] = str(guild.id)
         if member is not None:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.fakes.messages import FakeAttachment
 from tests.fakes.models import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser, make_snowflake
 
 # Interaction types.
-APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE = 2, 3, 4
+APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 2, 3, 4, 5
+# Application command types.
+CHAT_INPUT, USER_COMMAND, MESSAGE_COMMAND = 1, 2, 3
 # Option types.
 SUB_COMMAND, SUB_COMMAND_GROUP, STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, NUMBER = 1, 2, 3, 4, 5, 6, 7, 8, 10
+ATTACHMENT = 11
+# Component types (in a modal).
+ACTION_ROW, TEXT_INPUT, LABEL = 1, 4, 18
 # Interaction contexts.
 GUILD_CONTEXT, BOT_DM_CONTEXT = 0, 1
 
@@ -31,18 +37,21 @@ def infer_option_type(value: object) -> int:
         return CHANNEL
     if isinstance(value, FakeRole):
         return ROLE
+    if isinstance(value, FakeAttachment):
+        return ATTACHMENT
     return STRING
 
 
-def find_command(commands: Mapping[Any, list[dict[str, Any]]], name: str,
-                 guild: FakeGuild | None) -> tuple[dict[str, Any] | None, bool]:
-    """The registered definition of a chat-input command, and whether it is a guild command."""
+def find_command(commands: Mapping[Any, list[dict[str, Any]]], name: str, guild: FakeGuild | None,
+                 kind: int = CHAT_INPUT) -> tuple[dict[str, Any] | None, bool]:
+    """The registered definition of a command of ``kind`` (chat input, user or message), and whether it is a guild
+    command."""
     if guild is not None:
         for command in commands.get(guild.id, []):
-            if command["name"] == name and command.get("type", 1) == 1:
+            if command["name"] == name and command.get("type", 1) == kind:
                 return command, True
     for command in commands.get("global", []):
-        if command["name"] == name and command.get("type", 1) == 1:
+        if command["name"] == name and command.get("type", 1) == kind:
             return command, False
     return None, False
 
@@ -71,10 +80,14 @@ def nest_options(options: list[dict[str, Any]], subcommands: tuple[str, ...]) ->
 
 @dataclass
 class Resolver:
-    """Turns option values into Discord's ``value`` and collects ``data.resolved``."""
+    """Turns option values into Discord's ``value`` and collects ``data.resolved``.
+
+    ``attachment``: an uploaded file's payload (its URL on the fake's CDN), for ATTACHMENT options.
+    """
 
     guild: FakeGuild | None
     users: Mapping[int, FakeUser]
+    attachment: Callable[[FakeAttachment], dict[str, Any]] | None = None
     resolved: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def option(self, name: str, value: object, declared: dict[str, Any] | None) -> dict[str, Any]:
@@ -88,6 +101,9 @@ class Resolver:
             return self._channel(value)
         if kind == ROLE:
             return self._role(value)
+        if kind == ATTACHMENT and isinstance(value, FakeAttachment) and self.attachment is not None:
+            self.resolved.setdefault("attachments", {})[str(value.id)] = self.attachment(value)
+            return str(value.id)
         if kind == NUMBER and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
@@ -207,3 +223,51 @@ def command_data(*, name: str, command: dict[str, Any] | None, guild_command: bo
     if resolved:
         data["resolved"] = resolved
     return data
+
+
+def context_menu_data(*, command: dict[str, Any] | None, name: str, kind: int, guild_command: bool,
+                      guild: FakeGuild | None, target_id: int, resolved: dict[str, Any]) -> dict[str, Any]:
+    """``data`` of a user (type 2) or message (type 3) context-menu command: its target and the resolved target."""
+    data: dict[str, Any] = {
+        "id": str(command["id"]) if command else str(make_snowflake()),
+        "name": name,
+        "type": kind,
+        "target_id": str(target_id),
+        "resolved": resolved,
+    }
+    if guild_command and guild is not None:
+        data["guild_id"] = str(guild.id)
+    return data
+
+
+def modal_submit_data(modal: dict[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """``data`` of a modal's submission: each text input of ``modal`` (the MODAL callback's data) with its value.
+
+    Inputs left out of ``values`` are sent empty; a value for an input the modal lacks is a test's mistake.
+    """
+    inputs = [component for component in _leaves(modal.get("components") or []) if component["type"] == TEXT_INPUT]
+    unknown = set(values) - {component["custom_id"] for component in inputs}
+    if unknown:
+        raise ValueError(f"the modal has no text input {sorted(unknown)}; it has {[c['custom_id'] for c in inputs]}")
+    rows = []
+    for row in modal.get("components") or []:
+        if row["type"] == LABEL:
+            inner = row["component"]
+            rows.append({"type": LABEL, "component": _submitted(inner, values)})
+        else:
+            rows.append({"type": ACTION_ROW, "components": [_submitted(item, values) for item in row["components"]]})
+    return {"custom_id": modal["custom_id"], "components": rows}
+
+
+def _leaves(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for component in components:
+        if "component" in component:
+            found.append(component["component"])
+        found.extend(component.get("components") or [])
+    return found
+
+
+def _submitted(component: dict[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    return {"type": component["type"], "custom_id": component["custom_id"],
+            "value": values.get(component["custom_id"], "")}

@@ -16,6 +16,7 @@ LOADING = 1 << 7
 # Message types: https://discord.com/developers/docs/resources/message#message-object-message-types
 DEFAULT_MESSAGE = 0
 CHAT_INPUT_COMMAND = 20
+CONTEXT_MENU_COMMAND = 23
 
 
 @dataclass
@@ -27,6 +28,11 @@ class FakeAttachment:
     data: bytes
     id: int = field(default_factory=make_snowflake)
     description: str | None = None
+    claimed_size: int | None = None  # the size the payload states, when a test wants it to differ from the data's
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.claimed_size is None else self.claimed_size
 
     def shown_content_type(self) -> str:
         """What Discord shows: the type of the file's extension, else what the upload said."""
@@ -38,7 +44,7 @@ class FakeAttachment:
         data: dict[str, Any] = {
             "id": str(self.id),
             "filename": self.filename,
-            "size": len(self.data),
+            "size": self.size,
             "url": url,
             "proxy_url": url,
             "content_type": self.shown_content_type(),

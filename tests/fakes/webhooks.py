@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from tests.fakes.interactions import APPLICATION_COMMAND
+from tests.fakes.interactions import APPLICATION_COMMAND, AUTOCOMPLETE, CHAT_INPUT, MODAL_SUBMIT
 from tests.fakes.messages import (
     CHAT_INPUT_COMMAND,
+    CONTEXT_MENU_COMMAND,
     DEFAULT_MESSAGE,
     EPHEMERAL,
     LOADING,
@@ -61,6 +62,8 @@ def _accept_callback(fake: FakeDiscord, interaction: FakeInteraction, record: Ca
         raise ApiError(404, UNKNOWN_INTERACTION, "Unknown interaction")
     if record.type in (DEFERRED_UPDATE, UPDATE_MESSAGE) and interaction.message is None:
         raise ApiError(400, 40004, "Interaction callback type is only valid for component interactions")
+    if record.type == MODAL and interaction.type in (MODAL_SUBMIT, AUTOCOMPLETE):
+        raise ApiError(400, 40004, "A modal cannot answer a modal submission or an autocomplete request")
 
 
 async def _apply_callback(fake: FakeDiscord, interaction: FakeInteraction, record: CallbackRecord,
@@ -84,7 +87,10 @@ async def _apply_callback(fake: FakeDiscord, interaction: FakeInteraction, recor
 
 
 def _interaction_message(fake: FakeDiscord, interaction: FakeInteraction, *, via: str) -> FakeMessage:
-    kind = CHAT_INPUT_COMMAND if interaction.type == APPLICATION_COMMAND else DEFAULT_MESSAGE
+    kind = DEFAULT_MESSAGE
+    if interaction.type == APPLICATION_COMMAND:
+        chat_input = interaction.payload["data"].get("type", CHAT_INPUT) == CHAT_INPUT
+        kind = CHAT_INPUT_COMMAND if chat_input else CONTEXT_MENU_COMMAND
     return new_message(channel_id=interaction.channel_id, author_id=fake.bot_user.id, via=via,
                        interaction_id=interaction.id, guild_id=interaction.guild_id,
                        webhook_id=fake.application_id, message_type=kind)

@@ -91,11 +91,12 @@ class RestFrontDoor:
     async def serve_attachment(self, request: web.Request) -> web.Response:
         """The CDN: GET /attachments/{channel_id}/{attachment_id}/{filename} (discord.Attachment.read())."""
         attachment_id = int(request.match_info["attachment_id"])
-        for message in self._fake.messages:
-            for attachment in message.attachments:
-                if attachment.id == attachment_id:
-                    return web.Response(body=attachment.data, content_type=attachment.shown_content_type())
-        return web.Response(status=404)
+        attachment = self._fake.attachment(attachment_id)
+        if attachment is None:
+            return web.Response(status=404)
+        self._fake.downloads.append(attachment_id)
+        self._fake.notify()
+        return web.Response(body=attachment.data, content_type=attachment.shown_content_type())
 
     def _match(self, method: str, path: str) -> RouteSpec | None:
         return next((spec for spec in self._routes if spec.method == method and spec.pattern.match(path)), None)
