@@ -41,8 +41,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,7 @@ from generation.jobs import JobRequest, OutputFormat
 from generation.redis import RedisJobs
 from generation.redis.records import fields_of, text
 from tests.redis_server import RedisServer
+from tests.worker_processes import WorkerProcesses
 
 REPO = Path(__file__).resolve().parent.parent
 NO_LIMITS = UserLimits(max_active=10**6, rate_count=10**6, rate_window=1.0, queue_cap=10**6)
@@ -71,45 +70,9 @@ PERCENTS = (50, 99)
 STALL_MS = 5  # Redis' latency monitor records its stalls of this many ms or more
 
 
-class Workers:
-    """Worker processes on ``server``, logging to ``log_dir``; :meth:`stop` stops them (SIGKILL if need be)."""
-
-    def __init__(self, server: RedisServer, model_dir: Path, log_dir: Path, max_batch: int) -> None:
-        self.env = os.environ | {
-            "REDIS_URL": server.url, "MUSICGEN_MODEL": str(model_dir), "JAMGEN_DEVICE": "cpu",
-            "JAMGEN_MAX_BATCH": str(max_batch), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
-        }
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, count: int) -> None:
-        for _ in range(count):
-            with (self.log_dir / f"worker-{len(self.processes)}.log").open("wb") as log:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "jamgen.cli", "worker"], cwd=self.log_dir, env=self.env,
-                    stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                ))
-
-    def check(self) -> None:
-        for process in self.processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker {process.pid} exited with code {process.returncode}\n{self.logs()}")
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
+def workers_of(server: RedisServer, model_dir: Path, log_dir: Path, max_batch: int) -> WorkerProcesses:
+    """Worker processes on ``server`` with ``max_batch`` rows, logging to ``log_dir``."""
+    return WorkerProcesses(server, model_dir, log_dir, {"JAMGEN_MAX_BATCH": str(max_batch)})
 
 
 @dataclass(frozen=True)
@@ -141,7 +104,7 @@ async def last_event(jobs: RedisJobs) -> str:
     return text(entries[0][0]) if entries else "0-0"
 
 
-async def wait_finished(jobs: RedisJobs, ids: list[str], after: str, workers: Workers | None) -> float:
+async def wait_finished(jobs: RedisJobs, ids: list[str], after: str, workers: WorkerProcesses | None) -> float:
     """Wait until every job of ``ids`` has an event after ``after``; the last ``finished`` entry's time (s)."""
     wanted, ended = set(ids), 0.0
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -178,7 +141,7 @@ async def stalls(jobs: RedisJobs) -> str:
     return ", ".join(f"{text(event)} {longest} ms" for event, _, _, longest, *_ in latest or []) or "none"
 
 
-async def up(jobs: RedisJobs, model: str, workers: Workers, count: int) -> float:
+async def up(jobs: RedisJobs, model: str, workers: WorkerProcesses, count: int) -> float:
     """Wait until ``count`` workers listen on the model's wake channel (loaded, serving); seconds it took."""
     start = time.monotonic()
     while True:
@@ -191,7 +154,7 @@ async def up(jobs: RedisJobs, model: str, workers: Workers, count: int) -> float
         await asyncio.sleep(0.1)
 
 
-async def warm(jobs: RedisJobs, model: str, workers: Workers, count: int, max_batch: int,
+async def warm(jobs: RedisJobs, model: str, workers: WorkerProcesses, count: int, max_batch: int,
                seconds: float) -> Counter[str]:
     """A full batch per worker (no worker can take more than its rows, so each gets one); jobs per worker."""
     mark = await last_event(jobs)
@@ -202,7 +165,7 @@ async def warm(jobs: RedisJobs, model: str, workers: Workers, count: int, max_ba
     return Counter(record["worker"] for record in await hashes(jobs, ids))
 
 
-async def stream(jobs: RedisJobs, model: str, workers: Workers, count: int, args: argparse.Namespace) -> Stream:
+async def stream(jobs: RedisJobs, model: str, workers: WorkerProcesses, count: int, args: argparse.Namespace) -> Stream:
     mark = await last_event(jobs)
     start = await server_time(jobs)
     ids: list[str] = []
@@ -227,7 +190,7 @@ class Live:
         return self.idle + self.busy
 
 
-async def live_overhead(jobs: RedisJobs, model: str, workers: Workers, args: argparse.Namespace) -> Live:
+async def live_overhead(jobs: RedisJobs, model: str, workers: WorkerProcesses, args: argparse.Namespace) -> Live:
     """One-second jobs one at a time, ``args.gap`` apart, to warm workers."""
     mark = await last_event(jobs)
     await watch_stalls(jobs)
@@ -316,10 +279,11 @@ async def with_workers(server: RedisServer, model_dir: Path, log_dir: Path, coun
     jobs = RedisJobs.from_url(server.url)
     await jobs.client.flushall()
     await jobs.setup()
-    workers = Workers(server, model_dir, log_dir / f"{count}-workers", args.max_batch)
+    workers = workers_of(server, model_dir, log_dir / f"{count}-workers", args.max_batch)
     workers.log_dir.mkdir()
     try:
-        workers.start(count)
+        for _ in range(count):
+            workers.start()
         loaded = await up(jobs, model, workers, count)
         warmed = await warm(jobs, model, workers, count, args.max_batch, args.seconds)
         print(f"{count} worker(s): up in {loaded:.1f} s; warm-up jobs per worker: {sorted(warmed.values())}")

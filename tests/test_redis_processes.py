@@ -8,10 +8,7 @@ by :class:`RedisJobs` (admit, then read the events stream).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,56 +22,23 @@ from generation.redis.settings import RedisSettings
 from tests.bot_harness import World, job_of, posts_of, running_bot
 from tests.redis_helpers import NO_LIMITS, scrape, until
 from tests.redis_server import RedisServer, free_port
+from tests.worker_processes import WorkerProcesses
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS_TIMEOUT = 240.0  # seconds: workers are processes that load the model first
 
 
-class Workers:
-    """``jamgen worker`` processes, stopped (SIGKILL if need be) when the test ends."""
-
-    def __init__(self, server: RedisServer, model_dir: Path, log_dir: Path) -> None:
-        self.env = os.environ | {
-            "REDIS_URL": server.url, "MUSICGEN_MODEL": str(model_dir), "JAMGEN_DEVICE": "cpu",
-            "JAMGEN_MAX_BATCH": "4", "JAMGEN_BATCH_WINDOW": "0.5", "JAMGEN_HEARTBEAT": "0.5",
-            "JAMGEN_RECLAIM_AFTER": "2", "JAMGEN_PROGRESS_INTERVAL": "0.05", "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
-        }
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"worker-{len(self.processes)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jamgen.cli", "worker"], cwd=self.log_dir, env=self.env, stdout=log, stderr=log
-        )
-        self.processes.append(process)
-        return process
-
-    def kill9(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
+def short_lease_workers(server: RedisServer, model_dir: Path, log_dir: Path) -> WorkerProcesses:
+    """Workers of 4 rows with short leases (a dead one's jobs come back within seconds)."""
+    return WorkerProcesses(server, model_dir, log_dir, {
+        "JAMGEN_MAX_BATCH": "4", "JAMGEN_BATCH_WINDOW": "0.5", "JAMGEN_HEARTBEAT": "0.5",
+        "JAMGEN_RECLAIM_AFTER": "2", "JAMGEN_PROGRESS_INTERVAL": "0.05",
+    })
 
 
 @pytest.fixture
-def workers(redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(redis_server, tiny_model_dir, tmp_path)
+def workers(redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    pool = short_lease_workers(redis_server, tiny_model_dir, tmp_path)
     yield pool
     pool.stop()
 
@@ -96,7 +60,7 @@ async def finished(jobs: RedisJobs, ids: list[str]) -> Counter[str]:
 
 
 async def test_two_workers_share_the_jobs_and_batch_them(
-    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+    redis_jobs: RedisJobs, workers: WorkerProcesses, tiny_model_dir: Path
 ) -> None:
     workers.start()
     workers.start()
@@ -115,7 +79,7 @@ async def test_two_workers_share_the_jobs_and_batch_them(
 
 
 async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
-    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+    redis_jobs: RedisJobs, workers: WorkerProcesses, tiny_model_dir: Path
 ) -> None:
     workers.start()
     ids = await admit(redis_jobs, tiny_model_dir, 4, duration=6.0)
@@ -142,7 +106,7 @@ async def test_killing_every_worker_mid_batch_loses_and_doubles_nothing(
 
 
 async def test_the_bot_and_two_worker_processes_post_every_track_once(
-    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path,
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: WorkerProcesses, tiny_model_dir: Path,
     tmp_path: Path,
 ) -> None:
     workers.start()
@@ -164,7 +128,7 @@ async def test_the_bot_and_two_worker_processes_post_every_track_once(
 
 
 async def test_with_every_worker_killed_the_bot_posts_each_track_once_after_a_new_one_starts(
-    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path,
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, workers: WorkerProcesses, tiny_model_dir: Path,
     tmp_path: Path,
 ) -> None:
     workers.start()
@@ -189,7 +153,7 @@ async def test_with_every_worker_killed_the_bot_posts_each_track_once_after_a_ne
 
 
 async def test_a_worker_process_registers_serves_metrics_and_withdraws_when_stopped(
-    redis_jobs: RedisJobs, workers: Workers, tiny_model_dir: Path
+    redis_jobs: RedisJobs, workers: WorkerProcesses, tiny_model_dir: Path
 ) -> None:
     port = free_port()
     workers.env["JAMGEN_METRICS_PORT"] = str(port)
