@@ -172,6 +172,7 @@ async def test_kept_codes_come_with_the_result_and_decode_to_it(small: MusicGenB
     assert audio.codes is not None and audio.codes.shape == (K, 50)
     posted = decode(audio.data).samples
     np.testing.assert_allclose(posted, decoded(small, audio.codes), atol=2 / 32768)  # 16-bit WAV
+    assert b'"dtype": "<u2"' in pack(audio)  # 2 bytes a code
     back = unpack(pack(audio))
     assert back == audio and back.codes is not None
     np.testing.assert_array_equal(back.codes, audio.codes)
@@ -185,6 +186,13 @@ def test_a_result_without_codes_packs_as_before() -> None:
     with_codes = pack(EncodedAudio(b"\0audio\0", OutputFormat.WAV, 32000, 1.0, None, codes=random_codes(3)))
     with pytest.raises(ValueError, match="do not match"):
         unpack(with_codes[:-1])
+
+
+def test_codes_outside_16_bits_pack_wide() -> None:
+    codes = np.array([[70000, -1], [0, 5]], dtype=np.int64)
+    back = unpack(pack(EncodedAudio(b"a", OutputFormat.WAV, 32000, 1.0, None, codes=codes))).codes
+    assert back is not None and back.dtype == np.int64
+    np.testing.assert_array_equal(back, codes)
 
 
 async def test_codes_to_continue_travel_through_redis(

@@ -7,8 +7,9 @@ its own position, and its own random generator. Nothing in it depends on other j
 which is why a job can join a running batch at any step and leave at any step.
 
 Inputs that come before the first sampled column are *prefilled*: a melody model's
-prefix (chroma and text), and a continuation's prompt tokens. They run as the job's own
-forward passes, in chunks, never mixed into a decode step.
+prefix (chroma and text), and a continuation's prompt tokens (its clip's end encoded, or codes
+given as they are). They run as the job's own forward passes, in chunks, never mixed into a
+decode step.
 """
 
 from __future__ import annotations

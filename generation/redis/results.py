@@ -17,7 +17,8 @@ from generation.encode import EncodedAudio
 from generation.jobs import OutputFormat
 
 _SEPARATOR = b"\0"  # JSON text never holds a raw NUL, so the first one ends the header
-_CODES_DTYPE = np.dtype("<i8")  # little-endian int64, whatever the machine
+_COMPACT = np.dtype("<u2")  # codes below 2**16 (every EnCodec codebook's): a quarter of int64's bytes
+_WIDE = np.dtype("<i8")  # any other codes; little-endian whatever the machine
 
 
 def pack(audio: EncodedAudio) -> bytes:
@@ -27,10 +28,15 @@ def pack(audio: EncodedAudio) -> bytes:
     }
     codes = b""
     if audio.codes is not None:
-        array = np.ascontiguousarray(audio.codes, dtype=_CODES_DTYPE)
-        header["codes"] = {"shape": list(array.shape), "dtype": _CODES_DTYPE.str, "audio_bytes": len(audio.data)}
+        array = np.ascontiguousarray(audio.codes, dtype=_wire_dtype(audio.codes))
+        header["codes"] = {"shape": list(array.shape), "dtype": array.dtype.str, "audio_bytes": len(audio.data)}
         codes = array.tobytes()
     return json.dumps(header).encode() + _SEPARATOR + audio.data + codes
+
+
+def _wire_dtype(codes: np.ndarray) -> np.dtype[Any]:
+    fits = codes.size == 0 or (int(codes.min()) >= 0 and int(codes.max()) <= np.iinfo(_COMPACT).max)
+    return _COMPACT if fits else _WIDE
 
 
 def unpack(blob: bytes) -> EncodedAudio:
