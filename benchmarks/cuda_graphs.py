@@ -46,7 +46,7 @@ class CodesListener:
     def progress(self, job_id: str, done: int, total: int) -> None:
         pass
 
-    def finished(self, job_id: str, wav: np.ndarray) -> None:
+    def finished(self, job_id: str, wav: np.ndarray, codes: np.ndarray | None = None) -> None:
         pass
 
     def failed(self, job_id: str, error: BaseException) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -70,6 +70,8 @@ class EncodedAudio:
     sample_rate: int  # of the encoded stream (opus is always 48000)
     duration: float  # seconds of audio
     bitrate_kbps: int | None  # the bitrate finally used; None for lossless formats
+    # the job's EnCodec codes, int64 [K, T], its prompt's included: only when the request keeps them
+    codes: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def extension(self) -> str:

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from generation.errors import InvalidJob
 from generation.models import DEFAULT_MODEL, resolve_model_id
@@ -122,6 +122,11 @@ class JobRequest(BaseModel):
     melody_from: str | None = Field(
         None, description="an audio file whose melody (chroma) guides a melody model (its first 30 s)"
     )
+    continue_codes: str | None = Field(
+        None, description="a file of EnCodec codes ([K, T] integers, .npy) to extend without re-encoding audio; then "
+        "``duration`` is the seconds to add; the result is the codes heard decoded, then the new part"
+    )
+    keep_codes: bool = Field(False, strict=True, description="hand back the job's codes ([K, T], prompt included)")
     audio_note: str | None = Field(
         None, max_length=300, description="opaque to the engine: which part of an uploaded file the job uses (the card "
         "says it), e.g. 'continues the last 10 s of song.mp3 (1:20–1:30)'"
@@ -180,6 +185,17 @@ class JobRequest(BaseModel):
                 f"a track that follows a melody can be at most {MODEL_WINDOW:g} seconds long (asked for {duration:g})"
             )
         return _audio_input(value, info, "the audio file with the melody", "the melody file")
+
+    @field_validator("continue_codes")
+    @classmethod
+    def _continue_codes(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _audio_input(value, info, "the codes file to extend", "the codes to extend")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> JobRequest:
+        if self.continue_codes is not None and self.continue_from is not None:
+            raise ValueError("continue_from and continue_codes: give one prompt, the audio or its codes, not both")
+        return self
 
     @classmethod
     def create(cls, *, max_duration: float = DEFAULT_MAX_DURATION, **fields: Any) -> JobRequest:

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,7 @@ class _Listener:
         self._last[job_id] = now
         self._loop.call_soon_threadsafe(self._engine._emit, job_id, Progress(done, total))
 
-    def finished(self, job_id: str, wav: np.ndarray) -> None:
+    def finished(self, job_id: str, wav: np.ndarray, codes: np.ndarray | None = None) -> None:
         self.ended.add(job_id)
         sample_rate = self._backend.sample_rate
         handle = self._engine._handles.get(job_id)
@@ -108,7 +108,7 @@ class _Listener:
         except Exception as exc:
             self.failed(job_id, exc)
             return
-        self._loop.call_soon_threadsafe(self._engine._on_generated, job_id, wav, sample_rate)
+        self._loop.call_soon_threadsafe(self._engine._on_generated, job_id, wav, sample_rate, codes)
 
     def failed(self, job_id: str, error: BaseException) -> None:
         self.ended.add(job_id)
@@ -355,16 +355,16 @@ class Engine:
         if handle is not None:
             self._fail_alone(handle, error, is_out_of_memory(error))
 
-    def _on_generated(self, job_id: str, wav: np.ndarray, sample_rate: int) -> None:
+    def _on_generated(self, job_id: str, wav: np.ndarray, sample_rate: int, codes: np.ndarray | None = None) -> None:
         handle = self._handles.get(job_id)
         if handle is None or not self._emit(job_id, Encoding()):
             return
         self._meter.finished(handle.request.duration)
-        task = asyncio.create_task(self._encode(handle, wav, sample_rate), name=f"encode-{job_id}")
+        task = asyncio.create_task(self._encode(handle, wav, sample_rate, codes), name=f"encode-{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _encode(self, handle: JobHandle, wav: np.ndarray, sample_rate: int) -> None:
+    async def _encode(self, handle: JobHandle, wav: np.ndarray, sample_rate: int, codes: np.ndarray | None) -> None:
         request = handle.request
         # already normalised on the generation thread
         options = EncodeOptions(request.format, request.bitrate_kbps, Normalization.NONE, request.max_file_bytes)
@@ -373,14 +373,14 @@ class Engine:
         except Exception as exc:
             self._fail_alone(handle, exc, oom=False)
         else:
-            self._emit(handle.id, Finished(audio))
+            self._emit(handle.id, Finished(audio if codes is None else replace(audio, codes=codes)))
 
     # -- helpers -----------------------------------------------------------------------------
     def _task(self, handle: JobHandle) -> GenerationTask:
         request = handle.request
         return GenerationTask(
             handle.id, request.prompt, request.duration, request.seed, request.sampling, request.continue_from,
-            request.melody_from,
+            request.melody_from, request.continue_codes, request.keep_codes,
         )
 
     def _backend(self, model_id: str) -> Backend:

@@ -22,12 +22,15 @@ class RecordingListener:
     results: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
     progress_log: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    codes: dict[str, np.ndarray] = field(default_factory=dict)  # of the tasks that keep them
 
     def progress(self, job_id: str, done: int, total: int) -> None:
         self.progress_log.setdefault(job_id, []).append((done, total))
 
-    def finished(self, job_id: str, wav: np.ndarray) -> None:
+    def finished(self, job_id: str, wav: np.ndarray, codes: np.ndarray | None = None) -> None:
         self.results[job_id] = wav
+        if codes is not None:
+            self.codes[job_id] = codes
 
     def failed(self, job_id: str, error: BaseException) -> None:
         self.errors[job_id] = error

@@ -27,6 +27,8 @@ class GenerationTask:
     sampling: SamplingParams
     continue_from: str | None = None  # an audio file to extend by ``duration`` seconds
     melody_from: str | None = None  # an audio file whose melody (chroma) conditions a melody model
+    continue_codes: str | None = None  # a file of EnCodec codes [K, T] to extend by ``duration`` seconds
+    keep_codes: bool = False  # hand the job's codes to ``finished``
 
 
 Join = Callable[[int], list[GenerationTask]]
@@ -39,8 +41,9 @@ class BatchListener(Protocol):
 
     def progress(self, job_id: str, done: int, total: int) -> None: ...
 
-    def finished(self, job_id: str, wav: np.ndarray) -> None:
-        """``wav`` is float32, shape (channels, samples), at the backend's sample rate."""
+    def finished(self, job_id: str, wav: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """``wav`` is float32, shape (channels, samples), at the backend's sample rate; ``codes`` (int64 [K, T],
+        the prompt's included) only for a task that keeps them."""
 
     def failed(self, job_id: str, error: BaseException) -> None:
         """Only this job failed (the rest of the batch goes on)."""

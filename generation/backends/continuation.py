@@ -10,6 +10,11 @@ own caches (:mod:`generation.backends.streams`) and the model goes on from there
 the same tokens as audiocraft's ``generate_continuation`` for the same seed. The result
 is the whole original clip followed by the new part only, so the user's clip is kept
 sample for sample and the model's re-synthesis of the context is dropped.
+
+A job may give codes instead of audio (``continue_codes``: EnCodec codes [K, T], as a job
+that keeps its codes hands them back). They are cut by the same plan and are the prompt as
+they are (no encoding, so continuing a track's codes never drifts); the result is the codes
+heard, decoded, followed by the new part.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from generation.errors import JobFailed, is_out_of_memory
@@ -71,6 +77,22 @@ def read_clip(path: str, sample_rate: int, channels: int) -> torch.Tensor:
     if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
         raise ContinuationError("The clip to extend holds no usable audio.")
     return wav
+
+
+def read_codes(path: str, codebooks: int, cardinality: int) -> torch.Tensor:
+    """The codes at ``path`` (a ``.npy`` file) as int64 [codebooks, frames], each below ``cardinality``."""
+    if not Path(path).is_file():
+        raise ContinuationError("The codes to extend no longer exist (they may have been cleaned up).")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        log.warning("cannot read the codes %s", path, exc_info=True)
+        raise ContinuationError("The codes to extend could not be read: it is not a .npy file of codes.") from exc
+    if array.ndim != 2 or array.shape[0] != codebooks or array.shape[1] == 0:
+        raise ContinuationError(f"The codes to extend must be {codebooks} rows of codes (got shape {array.shape}).")
+    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= cardinality:
+        raise ContinuationError(f"The codes to extend must be integers from 0 to {cardinality - 1}.")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def plan(clip_samples: int, duration: float, model: MusicGen, window: int | None = None) -> Plan:

@@ -220,9 +220,14 @@ class BatchDecoder:
         once they are gone (``retry_later``); alone, it fails with the out-of-memory error."""
         for attempt in range(2):
             try:
+                codes = stream.codes()
                 with self.model.autocast:
-                    audio = self.model.generate_audio(stream.codes())
-                listener.finished(stream.job_id, stream.deliver(audio[0]))
+                    audio = self.model.generate_audio(codes)
+                wav = stream.deliver(audio[0])
+                if stream.task.keep_codes:
+                    listener.finished(stream.job_id, wav, codes=codes[0].cpu().numpy())
+                else:
+                    listener.finished(stream.job_id, wav)
                 return
             except Exception as exc:
                 if not is_out_of_memory(exc):

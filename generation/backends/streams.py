@@ -7,8 +7,9 @@ its own position, and its own random generator. Nothing in it depends on other j
 which is why a job can join a running batch at any step and leave at any step.
 
 Inputs that come before the first sampled column are *prefilled*: a melody model's
-prefix (chroma and text), and a continuation's prompt tokens. They run as the job's own
-forward passes, in chunks, never mixed into a decode step.
+prefix (chroma and text), and a continuation's prompt tokens (its clip's end encoded, or codes
+given as they are). They run as the job's own forward passes, in chunks, never mixed into a
+decode step.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ class StreamBuilder:
     def build(self, task: GenerationTask) -> Stream:
         prompt_wav, cut, deliver = self._continuation(task)
         conditions, prompt_tokens = self._conditions(task, prompt_wav)
+        if task.continue_codes is not None:
+            prompt_tokens, cut = self._codes_prompt(task.continue_codes, task.duration)
         prefix, text = self.lm.fuser(self._empty_input(conditions), conditions)
         track = self._track(task, cut, prompt_tokens)
         if task.melody_from is not None and len(track.windows) > 1:
@@ -249,3 +252,12 @@ class StreamBuilder:
             return torch.cat([clip, new_part], dim=-1).numpy()
 
         return prompt, cut, deliver
+
+    def _codes_prompt(self, path: str, duration: float) -> tuple[torch.Tensor, continuation.Plan]:
+        """For a continuation from codes: the prompt tokens [1, K, n] (the codes' end, cut as a clip's) and the
+        plan. The whole of the codes heard is decoded and delivered, as any job's."""
+        codes = continuation.read_codes(path, self.lm.num_codebooks, self.lm.card)
+        frames = int(codes.shape[-1])
+        hop = round(self.model.sample_rate / self.model.frame_rate)
+        cut = continuation.plan(frames * hop, duration, self.model, self.window)
+        return codes[None, :, frames - cut.context_frames :].to(self.device), cut

@@ -35,8 +35,9 @@ key                         type     what
 ``events:{bot}``            stream   the same, for the jobs admitted by bot process ``{bot}`` (the hash's
                                      ``notify``); group ``bots``, acknowledged once the result is posted
 ``dead``                    stream   dead-lettered jobs: ``job``, ``attempts``, ``worker``, ``reason``
-``result:{id}``             string   a finished job's encoded audio, for ``keep_seconds``
-``input:{sha256}``          string   an audio input's bytes (a request says ``redis-input:<sha256>``
+``result:{id}``             string   a finished job's encoded audio (and its codes, when the request keeps
+                                     them: :mod:`~generation.redis.results`), for ``keep_seconds``
+``input:{sha256}``          string   an input file's bytes: audio or codes (a request says ``redis-input:<sha256>``
                                      instead of a path), for ``keep_seconds``
 ``progress:{id}``           channel  progress snapshots as JSON (``job``, ``attempt``, ``done``,
                                      ``total``): pub/sub, lossy; the hash keeps the latest

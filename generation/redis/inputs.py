@@ -1,4 +1,4 @@
-"""Audio inputs (an Extend's clip, a melody) travel through Redis as bytes, never as paths.
+"""Input files (an Extend's clip, a melody, codes to extend) travel through Redis as bytes, never as paths.
 
 The bot stores each input file under ``input:{sha256}`` with a TTL and puts ``redis-input:<sha256>``
 in the request instead of its path; the worker fetches the bytes into a file of its own before the
@@ -19,9 +19,11 @@ from generation.jobs import JobRequest
 from generation.redis.keys import Keys
 
 SCHEME = "redis-input:"
-FIELDS = ("continue_from", "melody_from")
+FIELDS = ("continue_from", "melody_from", "continue_codes")
 MISSING = "{name} expired from the queue before a worker could take this job; please ask again."
-NAMES = {"continue_from": "The clip to extend", "melody_from": "The melody file"}
+NAMES = {
+    "continue_from": "The clip to extend", "melody_from": "The melody file", "continue_codes": "The codes to extend",
+}
 
 
 async def upload_inputs(client: Redis, keys: Keys, request: JobRequest, keep_seconds: float) -> JobRequest:
