@@ -8,7 +8,11 @@ commands (the command hash in Redis would hide a second sync, so shard 1's proce
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from tests.redis_helpers import serving, until
 from tests.redis_server import RedisServer
 
 SHARD_COUNT = 2
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -104,6 +109,64 @@ async def test_two_shard_processes_each_answer_their_own_guilds_and_only_shard_0
     syncs = [request.route for request in fake.requests if request.method == "PUT"]
     assert syncs == ["PUT /applications/{application_id}/commands"] and fake.command_puts == 1
     assert "shards [1] of 2: commands are synced by the process that runs shard 0" in caplog.text
+    assert_kept_to_the_api(fake)
+
+
+@asynccontextmanager
+async def shard_os_process(fake: FakeDiscord, server: RedisServer, model_dir: Path, data_dir: Path, shard_id: int
+                           ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m bot`` running shard ``shard_id`` only; stopped with SIGTERM, and checked to exit cleanly."""
+    env = {
+        **os.environ, "DISCORD_TOKEN": TOKEN, "DISCORD_API_BASE_URL": fake.base_url,
+        "DISCORD_GATEWAY_URL": fake.gateway_url, "MUSICGEN_MODEL": str(model_dir), "JAMGEN_DEVICE": "cpu",
+        "JAMGEN_DATA_DIR": str(data_dir / f"shard-{shard_id}"), "PYTHONPATH": str(REPO), "REDIS_URL": server.url,
+        "JAMGEN_BOT_NAME": f"bot-shard-{shard_id}", "JAMGEN_SHARD_COUNT": str(SHARD_COUNT),
+        "JAMGEN_SHARD_IDS": f"[{shard_id}]", "HF_HUB_OFFLINE": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", cwd=data_dir, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        log = output.decode(errors="replace")
+        assert process.returncode == 0, log
+        assert "Traceback" not in log and TOKEN not in log, log
+
+
+async def test_two_shard_os_processes_each_answer_their_own_guild(
+    redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The same as above with ``python -m bot`` processes: which one took a job is the inbox its end goes to."""
+    async with FakeDiscord() as fake, AsyncExitStack() as stack:
+        alice = fake.add_user("alice")
+        places = [place_on(fake, shard_id, alice) for shard_id in range(SHARD_COUNT)]
+        for shard_id in (1, 0):  # shard 1's first: it must not sync the commands
+            await stack.enter_async_context(shard_os_process(fake, redis_server, tiny_model_dir, tmp_path, shard_id))
+            await fake.wait_for(lambda: (shard_id, SHARD_COUNT) in fake.gateway.stats.identified,  # noqa: B023
+                                timeout=90)
+            assert fake.command_puts == (1 if shard_id == 0 else 0)
+        interactions = [
+            await fake.send_command("generate", {"prompt": f"jam on shard {place.shard_id}", "duration": 2},
+                                    user=alice, guild=place.guild, channel=place.channel)
+            for place in places
+        ]
+        for interaction in interactions:
+            assert (await interaction.wait_callback()).type == 5
+        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+            await fake.wait_for(lambda: all(posts_answering(fake, i) for i in interactions), timeout=90)
+        for place, interaction in zip(places, interactions, strict=True):
+            [post] = posts_answering(fake, interaction)
+            record = await redis_jobs.job(job_of(post))
+            assert record is not None and post.channel_id == place.channel.id
+            notify = await redis_jobs.client.hget(redis_jobs.keys.job(record.job_id), "notify")
+            assert notify == redis_jobs.keys.notify(f"bot-shard-{place.shard_id}").encode()
+    assert fake.command_puts == 1
     assert_kept_to_the_api(fake)
 
 
