@@ -14,7 +14,9 @@ from generation.redis import RedisJobs
 from generation.redis.registry import WorkerInfo, live_workers, throughput_by_model
 from generation.redis.results import unpack
 from generation.redis.settings import WorkerTimings
+from generation.redis.worker import RedisWorker
 from generation.tasks import cancel_and_wait
+from tests.bot_harness import Gate
 from tests.helpers import decode, oom_over
 from tests.redis_helpers import FAST, NO_LIMITS, scrape, serving, until
 
@@ -62,12 +64,15 @@ async def test_a_job_queued_while_a_batch_runs_joins_it(
 async def test_stopping_gives_back_the_jobs_that_had_not_started(
     redis_jobs: RedisJobs, tiny_loaded_backend: Backend, tiny_model_dir: Path
 ) -> None:
-    running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=NO_LIMITS)
-    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, max_batch=1) as (worker, _):
-        await until(lambda: _progressed(redis_jobs, running[0]))
+    gate = Gate()  # holds the running job at the backend's door until the second one has been left alone
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir, max_batch=1) as (worker, wrapped):
+        wrapped.fault = gate
+        running = await redis_jobs.admit([request(tiny_model_dir, "running", duration=3.0)], limits=NO_LIMITS)
+        await until(lambda: _held(worker, running))
         waiting = await redis_jobs.admit([request(tiny_model_dir, "waiting", "bob")], limits=NO_LIMITS)
         await asyncio.sleep(0.5)  # one row: the second job stays in Redis, not taken
         assert worker.held == running
+        gate.open()
     assert await ended(redis_jobs, running) == {running[0]: "finished"}
     record = await redis_jobs.job(waiting[0])
     assert record is not None and record.state == "queued" and record.attempt == 1
@@ -94,6 +99,10 @@ async def test_a_worker_that_lost_its_job_publishes_nothing_for_it(
 
 async def _all_ended(jobs: RedisJobs, job_ids: list[str]) -> bool:
     return set(await ended(jobs, job_ids)) == set(job_ids)
+
+
+async def _held(worker: RedisWorker, job_ids: list[str]) -> bool:
+    return worker.held == job_ids
 
 
 async def _progressed(jobs: RedisJobs, job_id: str) -> bool:
