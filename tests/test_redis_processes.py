@@ -36,6 +36,15 @@ def short_lease_workers(server: RedisServer, model_dir: Path, log_dir: Path) -> 
     })
 
 
+async def both_up(jobs: RedisJobs, workers: WorkerProcesses) -> None:
+    """Until both workers are in the registry: else the first to load the model may take every job."""
+
+    async def up() -> bool:
+        return len(await live_workers(jobs.client, jobs.keys)) == 2
+
+    await until(up, WORKERS_TIMEOUT, workers.logs)
+
+
 @pytest.fixture
 def workers(redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path) -> Iterator[WorkerProcesses]:
     pool = short_lease_workers(redis_server, tiny_model_dir, tmp_path)
@@ -64,6 +73,7 @@ async def test_two_workers_share_the_jobs_and_batch_them(
 ) -> None:
     workers.start()
     workers.start()
+    await both_up(redis_jobs, workers)
     ids = await admit(redis_jobs, tiny_model_dir, 12, duration=2.0)
 
     async def all_done() -> bool:
@@ -111,11 +121,7 @@ async def test_the_bot_and_two_worker_processes_post_every_track_once(
 ) -> None:
     workers.start()
     workers.start()
-
-    async def both_up() -> bool:
-        return len(await live_workers(redis_jobs.client, redis_jobs.keys)) == 2
-
-    await until(both_up, WORKERS_TIMEOUT, workers.logs)  # else the first to load may take every job
+    await both_up(redis_jobs, workers)
     redis = RedisSettings(url=redis_server.url, bot_name="bot-a")  # type: ignore[call-arg]
     async with running_bot(world.fake, tiny_model_dir, tmp_path / "bot", redis=redis):
         asks = [await world.generate(user=user, prompt=f"{user.name} {index}", duration=2)
