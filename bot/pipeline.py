@@ -275,9 +275,7 @@ class Pipeline:
     async def _deliver(
         self, ticket: Ticket, job_id: str, request: JobRequest, audio: EncodedAudio, timing: Timing
     ) -> None:
-        if job_id in self._look_first and await find_post(ticket.reply, job_id) is not None:
-            await self.store.journal.move(job_id, State.DELIVERED, detail="found posted already")
-            ticket.set_line(job_id, ended_line("done", "posted"))
+        if job_id in self._look_first and await self._found_posted(ticket, job_id, "found posted already"):
             return
         ticket.set_line(job_id, "📤 uploading")
         path = await save_audio(self.audio_dir, job_id, audio)
@@ -299,13 +297,22 @@ class Pipeline:
         ticket.set_line(job_id, ended_line("done", f"posted {where}"))
 
     async def _redeliver(self, ticket: Ticket, record: JobRecord, status: ThrottledEditor) -> None:
-        if record.state is State.DELIVERING and await find_post(ticket.reply, record.job_id) is not None:
-            await self.store.journal.move(record.job_id, State.DELIVERED, detail="found posted after a restart")
-            ticket.set_line(record.job_id, ended_line("done", "posted"))
-        else:
+        posted = record.state is State.DELIVERING and await self._found_posted(
+            ticket, record.job_id, "found posted after a restart"
+        )
+        if not posted:
             audio = await kept_audio(record)
             await self._deliver(ticket, record.job_id, record.request, audio, await timing_of(self.store, record))
         status.set(ticket.render())  # no event stream follows a kept job: say it is done here
+
+    async def _found_posted(self, ticket: Ticket, job_id: str, detail: str) -> bool:
+        """Whether the job's card is in the channel already (then it is journaled as delivered): the
+        at-most-once check before a post that may have happened before a crash or in another process."""
+        if await find_post(ticket.reply, job_id) is None:
+            return False
+        await self.store.journal.move(job_id, State.DELIVERED, detail=detail)
+        ticket.set_line(job_id, ended_line("done", "posted"))
+        return True
 
     async def _journal(self, job_id: str, state: State, detail: str | None = None, **fields: object) -> None:
         try:

@@ -65,6 +65,21 @@ def posts_answering(fake: FakeDiscord, interaction: FakeInteraction) -> list[Fak
     return [m for m in fake.messages if m.attachments and m.interaction_id == interaction.id]
 
 
+async def jam_in_each(fake: FakeDiscord, user: FakeUser, places: list[Place], jobs: RedisJobs, backend: Backend,
+                      model_dir: Path, timeout: float) -> list[FakeInteraction]:
+    """A /generate in each place, each deferred, then a worker here until every one is answered with a post."""
+    interactions = [
+        await fake.send_command("generate", {"prompt": f"jam on shard {place.shard_id}", "duration": 2},
+                                user=user, guild=place.guild, channel=place.channel)
+        for place in places
+    ]
+    for interaction in interactions:
+        assert (await interaction.wait_callback()).type == 5
+    async with serving(jobs, backend, model_dir):
+        await fake.wait_for(lambda: all(posts_answering(fake, i) for i in interactions), timeout=timeout)
+    return interactions
+
+
 async def delivered_by(bot: JamBot, job_id: str) -> bool:
     record = await bot.store.journal.get(job_id)
     return record is not None and record.state is State.DELIVERED
@@ -88,15 +103,7 @@ async def test_two_shard_processes_each_answer_their_own_guilds_and_only_shard_0
         assert fake.gateway.stats.identified == [(1, SHARD_COUNT), (0, SHARD_COUNT)]
         assert [[guild.id for guild in bot.guilds] for bot in bots] == [[place.guild.id] for place in places]
 
-        interactions = [
-            await fake.send_command("generate", {"prompt": f"jam on shard {place.shard_id}", "duration": 2},
-                                    user=alice, guild=place.guild, channel=place.channel)
-            for place in places
-        ]
-        for interaction in interactions:
-            assert (await interaction.wait_callback()).type == 5
-        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
-            await fake.wait_for(lambda: all(posts_answering(fake, i) for i in interactions), timeout=60)
+        interactions = await jam_in_each(fake, alice, places, redis_jobs, tiny_loaded_backend, tiny_model_dir, 60)
         job_ids = [job_of(posts_answering(fake, interaction)[0]) for interaction in interactions]
         for bot, other, job_id in zip(bots, reversed(bots), job_ids, strict=True):
             await until(lambda: delivered_by(bot, job_id))  # noqa: B023
@@ -151,15 +158,7 @@ async def test_two_shard_os_processes_each_answer_their_own_guild(
             await fake.wait_for(lambda: (shard_id, SHARD_COUNT) in fake.gateway.stats.identified,  # noqa: B023
                                 timeout=90)
             assert fake.command_puts == (1 if shard_id == 0 else 0)
-        interactions = [
-            await fake.send_command("generate", {"prompt": f"jam on shard {place.shard_id}", "duration": 2},
-                                    user=alice, guild=place.guild, channel=place.channel)
-            for place in places
-        ]
-        for interaction in interactions:
-            assert (await interaction.wait_callback()).type == 5
-        async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
-            await fake.wait_for(lambda: all(posts_answering(fake, i) for i in interactions), timeout=90)
+        interactions = await jam_in_each(fake, alice, places, redis_jobs, tiny_loaded_backend, tiny_model_dir, 90)
         for place, interaction in zip(places, interactions, strict=True):
             [post] = posts_answering(fake, interaction)
             record = await redis_jobs.job(job_of(post))
