@@ -52,7 +52,7 @@ async def test_generate_defers_queues_progresses_and_posts_the_track(
     assert "@everyone" not in embed["description"]
     assert "CC-BY-NC" in embed["footer"]["text"]
     job_id = embed["footer"]["text"].split()[1]
-    assert post.custom_ids() == [f"jamgen:{action}:{job_id}" for action in ("regen", "vary", "extend")]
+    assert post.custom_ids() == [f"jamgen:{action}:{job_id}" for action in ("regen", "vary", "extend", "jam")]
 
 
 async def test_values_outside_the_declared_ranges_are_refused_by_the_bot(

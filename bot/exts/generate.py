@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 from discord import app_commands
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from bot.app import JamBot
 
 log = logging.getLogger(__name__)
+
+
+class JamStarter(Protocol):
+    """The jam cog's entry for the "Start a jam" button under a track."""
+
+    async def start_from_track(self, interaction: discord.Interaction, record: JobRecord) -> None: ...
 
 VARIATIONS = 3
 MODES = [
@@ -107,10 +113,19 @@ class Generate(commands.Cog, name="Generate"):
         record = await self.bot.store.journal.get(job_id)
         if record is None or record.guild_id != interaction.guild_id:
             raise UserError("jamgen doesn't know that track (it may have been pruned). Use /generate.")
+        if action == "jam":  # anyone may start a jam from a posted track: they host it
+            await self._start_jam(interaction, record)
+            return
         if record.user_id != interaction.user.id:
             raise UserError(f"Only <@{record.user_id}> can use these buttons. Use /generate for your own take.")
         requests, title = self._for_action(interaction, guild, record, action)
         await self._start(interaction, requests, title)
+
+    async def _start_jam(self, interaction: discord.Interaction, record: JobRecord) -> None:
+        jams: JamStarter | None = self.bot.get_cog("Jam")  # type: ignore[assignment]
+        if jams is None:
+            raise UserError("Jams are not available on this bot right now.")
+        await jams.start_from_track(interaction, record)
 
     def _for_action(
         self, interaction: discord.Interaction, guild: GuildSettings, record: JobRecord, action: str

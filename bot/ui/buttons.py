@@ -13,7 +13,9 @@ import discord
 
 from bot.errors import UserError, report
 
-ACTIONS = {"regen": ("Regenerate", "🔁"), "vary": ("Variations", "🎲"), "extend": ("Extend", "⏩")}
+ACTIONS = {
+    "regen": ("Regenerate", "🔁"), "vary": ("Variations", "🎲"), "extend": ("Extend", "⏩"), "jam": ("Start a jam", "🎶"),
+}
 HANDLER_COG = "Generate"
 
 
@@ -23,7 +25,7 @@ class ButtonHandler(Protocol):
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"jamgen:(?P<action>regen|vary|extend):(?P<job>[0-9a-f]{12})",
+    template=r"jamgen:(?P<action>regen|vary|extend|jam):(?P<job>[0-9a-f]{12})",
 ):
     def __init__(self, action: str, job_id: str) -> None:
         label, emoji = ACTIONS[action]
