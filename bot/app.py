@@ -7,7 +7,8 @@ import hashlib
 import json
 import logging
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import discord
 import yarl
@@ -36,6 +37,9 @@ from generation.redis.settings import RedisSettings
 from generation.settings import EngineSettings
 from generation.tasks import cancel_and_wait
 from generation.worker import BackendFactory, Engine
+
+if TYPE_CHECKING:
+    from bot.jam.service import JamService
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,8 @@ class JamBot(commands.Bot):
         self.store = Store(engine_settings.data_dir / "jamgen.sqlite3", shared=self.shared)
         self.metrics = Metrics()
         self.pipeline = Pipeline(self, self.engine, self.store, settings, result_view, metrics=self.metrics)
+        self.jams: JamService | None = None  # the jam cog's, once loaded
+        self.after_recovery: list[Callable[[], Awaitable[None]]] = []  # run once the journal's jobs are resumed
         self._warm_up: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []  # run until close() cancels them
         self._closing = False
@@ -100,6 +106,8 @@ class JamBot(commands.Bot):
             await self.load_extension(extension)
         await self.sync_commands()
         await recover(self.pipeline)  # before the gateway connects: resumed jobs keep their place
+        for hook in self.after_recovery:
+            await hook()
         if isinstance(self.engine, Engine):  # on Redis, the workers load the models
             self._warm_up = asyncio.create_task(self._load_model(), name="jamgen-warm-up")
         self._background.append(asyncio.create_task(
@@ -111,6 +119,10 @@ class JamBot(commands.Bot):
             self._background.append(asyncio.create_task(
                 self.shared.follow(self.store.apply_shared), name="jamgen-guild-settings"
             ))
+
+    def keep_running(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` until the bot closes (close() cancels and awaits it)."""
+        self._background.append(asyncio.create_task(work, name=name))
 
     async def _load_model(self) -> None:
         """Load the model in the background: the bot answers (and queues) while it loads."""

@@ -32,6 +32,7 @@ from bot.reply import Reply, only_user
 from generation import picture as waveform
 from generation.encode import EncodedAudio, shrink
 from generation.errors import EncodeError
+from generation.splice import codes_bytes
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ class Post:
     view: discord.ui.View
     note: str = ""
     picture: bytes | None = None  # the waveform PNG, shown in the card; None: posted without one
+    what: str = "track"  # "section": a jam's
 
     @property
     def content(self) -> str:
-        return f"<@{self.user_id}> your track is ready{self.note}"
+        return f"<@{self.user_id}> your {self.what} is ready{self.note}"
 
     @property
     def mentions(self) -> discord.AllowedMentions:
@@ -112,12 +114,24 @@ async def picture_for(job_id: str, audio: EncodedAudio, limit: int | None) -> by
 
 
 async def save_audio(directory: Path, job_id: str, audio: EncodedAudio) -> Path:
-    """Keep the file until delivery is confirmed (and for ⏩ Extend, until retention prunes it)."""
+    """Keep the file until delivery is confirmed (and for ⏩ Extend, until retention prunes it), with its codes
+    beside it when the job kept them (:func:`codes_path`: what a jam started from the track continues)."""
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    if audio.codes is not None:
+        async with aiofiles.open(codes_path(directory / job_id), "wb") as out:
+            await out.write(await asyncio.to_thread(codes_bytes, audio.codes))
     path = directory / f"{job_id}.{audio.extension}"
     async with aiofiles.open(path, "wb") as out:
         await out.write(audio.data)
     return path
+
+
+CODES_SUFFIX = ".codes.npy"
+
+
+def codes_path(audio_path: Path) -> Path:
+    """Where a kept track's codes are (``<job>.codes.npy`` beside ``<job>.opus``)."""
+    return audio_path.with_name(audio_path.name.split(".", 1)[0] + CODES_SUFFIX)
 
 
 def token_gone(exc: discord.HTTPException) -> bool:
@@ -162,7 +176,7 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
     async def find() -> discord.Message | None:
         return await find_post(reply, post.job_id)
 
-    if reply.token_usable():
+    if reply.followups and reply.token_usable():
         try:
             message = await _with_retries(post, lambda files, embed: _followup(reply, post, files, embed),
                                           reply.token_usable, find)
@@ -174,7 +188,8 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
         found = await find()
         if found is not None:
             return Delivery(found.id, "followup")
-    channel_post = dataclasses.replace(post, note=" (the reply window had closed, so it is posted here)")
+    late = " (the reply window had closed, so it is posted here)"
+    channel_post = dataclasses.replace(post, note=late) if reply.followups else post
     message = await _with_retries(
         channel_post, lambda files, embed: _to_channel(reply, channel_post, files, embed), lambda: True, find
     )

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from bot.delivery import codes_path
 from bot.store import Store
 from generation.audio_in import prune_files
 
@@ -25,10 +26,13 @@ async def prune(store: Store, retention_days: float, now: float | None = None, u
         log.info("pruned %d uploaded audio files unused for %g days", gone, retention_days)
     paths = await store.journal.prune(cutoff)
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.remove, path)
+        for kept in (path, str(codes_path(Path(path)))):
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.remove, kept)
     if paths:
         log.info("pruned %d finished jobs older than %g days", len(paths), retention_days)
+    if store.jams is not None and (jams := await store.jams.prune(cutoff)):
+        log.info("pruned %d jams closed more than %g days ago", jams, retention_days)
     return len(paths)
 
 

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     interaction_at REAL,
     status_message_id INTEGER,
     message_id INTEGER,
+    jam_id TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -76,8 +77,10 @@ CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, at);
 
 COLUMNS = (
     "job_id", "ticket_id", "guild_id", "channel_id", "user_id", "request", "title", "state", "reason", "attempts",
-    "audio_path", "application_id", "token", "interaction_at", "status_message_id", "message_id", "created_at",
+    "audio_path", "application_id", "token", "interaction_at", "status_message_id", "message_id", "jam_id",
+    "created_at",
 )
+ADDED_COLUMNS = {"jam_id": "TEXT"}  # columns newer than the first schema: added to an older file when it opens
 
 
 class JobRecord(BaseModel):
@@ -101,7 +104,17 @@ class JobRecord(BaseModel):
     interaction_at: float | None = None  # epoch seconds; the token lives 15 minutes from here
     status_message_id: int | None = None
     message_id: int | None = None  # the post that delivered it
+    jam_id: str | None = None  # a jam's section (:mod:`bot.jam`): posted in the jam's thread
     created_at: float
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Add the columns an older journal lacks (``CREATE TABLE IF NOT EXISTS`` keeps an old table as it was)."""
+    async with db.execute("PRAGMA table_info(jobs)") as rows:
+        present = {str(row[1]) for row in await rows.fetchall()}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in present:
+            await db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
 
 class Journal:

@@ -40,6 +40,7 @@ from generation.worker import Engine
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[str], discord.ui.View]
+SectionEnd = Callable[[str, str, State], Awaitable[None]]  # (jam id, job id, how it ended)
 SNAPSHOT_TTL = 0.25  # seconds a computed queue snapshot (positions, ETAs) is reused
 LONG_TRACK = 60.0  # seconds: for a longer track the first reply states the expected wait
 PAUSED = "⏸ The bot is restarting: your job keeps its place and goes on when the bot is back."
@@ -85,6 +86,7 @@ class Pipeline:
         self._progress: dict[str, tuple[float, float]] = {}  # job id -> (fraction, when)
         self.audio_dir = engine.settings.data_dir / "audio"
         self._look_first: set[str] = set()  # adopted jobs: another process may have posted them already
+        self.on_section_end: SectionEnd | None = None  # set by the jam service
         if isinstance(engine, RemoteEngine):
             engine.adopt = self._adopt
         self._snapshot_at: tuple[float, tuple[dict[str, int], dict[str, tuple[float, float]] | None]] | None = None
@@ -118,9 +120,11 @@ class Pipeline:
         ]
 
     async def admit(
-        self, asker: Asker, requests: Sequence[JobRequest], title: str, interaction: discord.Interaction
+        self, asker: Asker, requests: Sequence[JobRequest], title: str, where: discord.Interaction | Reply,
+        jam_id: str | None = None,
     ) -> Ticket:
-        """Check every limit (before the deferral: a refusal is instant) and reserve a ticket.
+        """Check every limit (before the deferral: a refusal is instant) and reserve a ticket. ``where``: the
+        interaction that asked, or a reply made for it (a jam's section, posted in the jam's thread).
 
         In process, the limits are checked here and the jobs are submitted by :meth:`launch`. On Redis
         the check, the charge and the queueing are one step there, shared by every bot process.
@@ -130,14 +134,15 @@ class Pipeline:
         guild = self.store.guild(asker.guild_id)
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
         key, limits = f"{asker.guild_id}:{asker.user_id}", self.limits(guild)
-        ticket = Ticket(Reply.of(interaction), title, reserved=len(requests), tokens=rate_tokens(requests, limits))
+        reply = Reply.of(where) if isinstance(where, discord.Interaction) else where
+        ticket = Ticket(reply, title, reserved=len(requests), tokens=rate_tokens(requests, limits), jam_id=jam_id)
+        ticket.job_ids = [secrets.token_hex(6) for _ in requests]
         ticket.note = self._long_track_note(requests, ticket.tokens)
         if isinstance(self.engine, RemoteEngine):
-            job_ids = [secrets.token_hex(6) for _ in requests]
             metas = [self._record(ticket, job_id, request).model_dump_json()
-                     for job_id, request in zip(job_ids, requests, strict=True)]
+                     for job_id, request in zip(ticket.job_ids, requests, strict=True)]
             ticket.handles += await self.engine.admit(  # one request counts one, however many takes (as in process)
-                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=job_ids, charge=1,
+                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=ticket.job_ids, charge=1,
                 tokens=ticket.tokens,
             )
             ticket.reserved = 0
@@ -162,18 +167,20 @@ class Pipeline:
                 self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}", ticket.tokens)
 
     # -- launching --------------------------------------------------------------------------
-    async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> None:
-        """Submit the ticket's jobs and journal them (before the user reads "queued"), then follow them."""
+    async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> bool:
+        """Submit the ticket's jobs and journal them (before the user reads "queued"), then follow them. False
+        when they could not be (the user read why)."""
         try:
             if isinstance(self.engine, Engine):
-                for request in requests:
-                    ticket.handles.append(self.engine.submit(request))
+                for job_id, request in zip(ticket.job_ids, requests, strict=True):
+                    ticket.handles.append(self.engine.submit(request, job_id=job_id))
             await self.store.journal.add(self._record(ticket, handle.id, handle.request) for handle in ticket.handles)
         except Exception as exc:
             self.release(ticket, refund=True)
             await ticket.reply.edit_status(f"❌ {user_message(exc)}"[:2000])
-            return
+            return False
         self.follow(ticket)
+        return True
 
     def follow(self, ticket: Ticket, kept: Sequence[JobRecord] = ()) -> None:
         """Run the ticket in an owned task: its jobs' events, and the delivery of ``kept`` audio."""
@@ -190,7 +197,7 @@ class Pipeline:
         return JobRecord(
             job_id=job_id, ticket_id=ticket.id, guild_id=reply.guild_id, channel_id=reply.channel_id,
             user_id=reply.user_id, request=request, title=ticket.title, application_id=reply.application_id,
-            token=reply.token, interaction_at=reply.interaction_at, created_at=time.time(),
+            token=reply.token, interaction_at=reply.interaction_at, created_at=time.time(), jam_id=ticket.jam_id,
         )
 
     async def _run(self, ticket: Ticket, kept: Sequence[JobRecord]) -> None:
@@ -235,6 +242,7 @@ class Pipeline:
             status.set(ticket.render())
             await self._journal(job_id, State.FAILED, reason=reason)
             self._count_failure("error")
+            await self._ended(ticket, job_id, State.FAILED)
             await self._tell_if_gone(ticket, f"your track `{job_id}` failed: {reason}")
 
     def _count_failure(self, reason: FailureReason) -> None:
@@ -258,6 +266,7 @@ class Pipeline:
             ticket.set_line(handle.id, ended_line("failed", event.reason))
             await self._journal(handle.id, State.FAILED, reason=event.reason)
             self._count_failure(failure_reason(event.reason))
+            await self._ended(ticket, handle.id, State.FAILED)
             await self._tell_if_gone(ticket, f"your track `{handle.id}` failed: {event.reason}")
         elif isinstance(event, Cancelled):
             await self._on_cancelled(ticket, handle, event)
@@ -270,6 +279,7 @@ class Pipeline:
         ticket.set_line(handle.id, ended_line("cancelled", event.reason))
         await self._journal(handle.id, State.CANCELLED, reason=event.reason)
         self.metrics.ended("cancelled")
+        await self._ended(ticket, handle.id, State.CANCELLED)
 
     # -- delivery -----------------------------------------------------------------------------
     async def _deliver(
@@ -286,10 +296,12 @@ class Pipeline:
             title=ticket.title.split("\n", 1)[0][:256].replace("**", ""),
         )
         picture = await picture_for(job_id, audio, request.max_file_bytes)
-        post = Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed,
-                    self._view_factory(job_id), picture=picture)
+        view = self._view_factory(job_id) if ticket.jam_id is None else discord.ui.View()  # a section: no buttons
+        post = Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed, view,
+                    picture=picture, what="track" if ticket.jam_id is None else "section")
         done = await deliver(ticket.reply, post)
         await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
+        await self._ended(ticket, job_id, State.DELIVERED)
         self._look_first.discard(job_id)
         self.metrics.ended("done")
         self.metrics.delivery_seconds.observe(max(0.0, time.time() - ticket.reply.interaction_at))
@@ -312,7 +324,18 @@ class Pipeline:
             return False
         await self.store.journal.move(job_id, State.DELIVERED, detail=detail)
         ticket.set_line(job_id, ended_line("done", "posted"))
+        await self._ended(ticket, job_id, State.DELIVERED)
         return True
+
+    async def _ended(self, ticket: Ticket, job_id: str, state: State) -> None:
+        """Tell the jam a section ended (posted, failed or cancelled): its next one may start. A jam's error is
+        logged, never the job's: the track is posted already."""
+        if ticket.jam_id is None or self.on_section_end is None:
+            return
+        try:
+            await self.on_section_end(ticket.jam_id, job_id, state)
+        except Exception:
+            log.exception("jam %s: could not take section job %s (%s)", ticket.jam_id, job_id, state.value)
 
     async def _journal(self, job_id: str, state: State, detail: str | None = None, **fields: object) -> None:
         try:
@@ -429,7 +452,8 @@ class Pipeline:
             record = JobRecord.model_validate_json(meta, context={"stored": True})
             await self.store.journal.add([record])
             self._look_first.add(job_id)  # its first bot may have posted it before it stopped
-        ticket = Ticket(reply_of(self.client, record), record.title, reserved=0, id=record.ticket_id)
+        ticket = Ticket(reply_of(self.client, record), record.title, reserved=0, id=record.ticket_id,
+                        jam_id=record.jam_id)
         ticket.handles.append(self.engine.attach(job_id, request))
         self.follow(ticket)
         return ticket.handles[0]

@@ -60,11 +60,13 @@ def reply_of(client: discord.Client, record: JobRecord) -> Reply:
     return Reply(
         client, record.application_id or 0, record.token or "", record.interaction_at or record.created_at,
         record.user_id, record.guild_id, record.channel_id, record.status_message_id,
+        followups=record.jam_id is None,
     )
 
 
 async def _resume(pipeline: Pipeline, records: list[JobRecord]) -> None:
-    ticket = Ticket(reply_of(pipeline.client, records[0]), records[0].title, reserved=0, id=records[0].ticket_id)
+    first = records[0]
+    ticket = Ticket(reply_of(pipeline.client, first), first.title, reserved=0, id=first.ticket_id, jam_id=first.jam_id)
     kept: list[JobRecord] = []
     for record in records:
         if await _is_kept(record.audio_path):

@@ -34,6 +34,7 @@ class Reply:
     channel_id: int
     status_message_id: int | None = None
     interaction: discord.Interaction | None = None
+    followups: bool = True  # False: tracks are posted in ``channel_id`` (a jam's thread), not as follow-ups
 
     @classmethod
     def of(cls, interaction: discord.Interaction) -> Reply:

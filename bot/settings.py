@@ -97,6 +97,10 @@ class BotSettings(BaseSettings):
         60.0, ge=0.0, le=900, validation_alias=_alias("JAMGEN_SHUTDOWN_GRACE", "shutdown_grace"),
         description="seconds a stopping bot lets the running batch finish and be delivered",
     )
+    jam_idle_hours: float = Field(
+        24.0, gt=0, le=24 * 90, validation_alias=_alias("JAMGEN_JAM_IDLE_HOURS", "jam_idle_hours"),
+        description="a jam with no section added, posted or undone for this long closes itself",
+    )
     shard_count: int | None = Field(
         None, ge=1, validation_alias=_alias("JAMGEN_SHARD_COUNT", "shard_count"),
         description="shards of the whole bot (all its processes); unset: one process, unsharded",

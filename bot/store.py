@@ -17,12 +17,17 @@ import aiosqlite
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from bot.jam.store import SCHEMA as JAM_SCHEMA
+from bot.jam.store import JamStore, SqliteJams
 from bot.journal import SCHEMA as JOURNAL_SCHEMA
-from bot.journal import Journal
+from bot.journal import Journal, migrate
 from generation.jobs import OutputFormat
 from generation.settings import MAX_DURATION_CAP
 
 log = logging.getLogger(__name__)
+
+JAM_MAX_SECONDS = 3600  # the most a server may allow: an hour-long jam
+JAM_MAX_SECTIONS = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS guild_settings (guild_id INTEGER PRIMARY KEY, data TEXT NOT NULL);
@@ -42,6 +47,8 @@ class GuildSettings(BaseModel):
     rate_window: float | None = Field(None, gt=0, le=86400)
     default_format: OutputFormat | None = None
     exempt_role_id: int | None = None
+    jam_max_seconds: int = Field(300, ge=10, le=JAM_MAX_SECONDS)  # a jam's whole track
+    jam_max_sections: int = Field(20, ge=1, le=JAM_MAX_SECTIONS)
 
 
 class SharedSettings(Protocol):
@@ -60,9 +67,11 @@ class Store:
     SQLite copy is what the bot uses while it is unreachable at start-up.
     """
 
-    def __init__(self, path: Path, shared: SharedSettings | None = None) -> None:
+    def __init__(self, path: Path, shared: SharedSettings | None = None, jams: JamStore | None = None) -> None:
+        """``jams``: where jams live (default: this SQLite file)."""
         self.path = path
         self.shared = shared
+        self.jams: JamStore | None = jams
         self._db: aiosqlite.Connection | None = None
         self._guilds: dict[int, GuildSettings] = {}
         self.journal: Journal
@@ -74,9 +83,12 @@ class Store:
         await asyncio.to_thread(os.chmod, self.path, 0o600)  # it holds interaction tokens (15 minutes' worth)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
-        await self._db.executescript(SCHEMA + JOURNAL_SCHEMA)
+        await self._db.executescript(SCHEMA + JOURNAL_SCHEMA + JAM_SCHEMA)
+        await migrate(self._db)
         await self._db.commit()
         self.journal = Journal(self._db, self._lock)
+        if self.jams is None:
+            self.jams = SqliteJams(self._db, self._lock)
         async with self._db.execute("SELECT guild_id, data FROM guild_settings") as rows:
             async for guild_id, data in rows:
                 self._guilds[guild_id] = GuildSettings.model_validate_json(data)

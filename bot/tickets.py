@@ -27,6 +27,8 @@ class Ticket:
     handles: list[JobHandle] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)  # job id -> its status line
     created_at: float = field(default_factory=time.monotonic)
+    jam_id: str | None = None  # a jam's section: posted in the jam's thread (:mod:`bot.jam`)
+    job_ids: list[str] = field(default_factory=list)  # chosen at admission, before the jobs exist
 
     @property
     def user_id(self) -> int:

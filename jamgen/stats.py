@@ -10,6 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from bot.delivery import CODES_SUFFIX
 from bot.journal import State
 from bot.store import Store
 from generation.redis.keys import DEFAULT_PREFIX
@@ -24,7 +25,8 @@ async def collect(data_dir: Path) -> tuple[dict[str, int], int, int]:
     finally:
         await store.close()
     files = [path for path in (data_dir / "audio").glob("*") if path.is_file()]
-    return counts, len(files), sum(path.stat().st_size for path in files)
+    tracks = [path for path in files if not path.name.endswith(CODES_SUFFIX)]  # each track's codes lie beside it
+    return counts, len(tracks), sum(path.stat().st_size for path in files)
 
 
 def run_stats(data_dir: Path, redis_url: str | None = None, prefix: str = DEFAULT_PREFIX) -> int:
@@ -43,6 +45,6 @@ def run_stats(data_dir: Path, redis_url: str | None = None, prefix: str = DEFAUL
     lines = [f"jobs in {data_dir / 'jamgen.sqlite3'}:"]
     lines += [f"  {state.value:<11}{counts.get(state.value, 0):>8}" for state in State]
     lines.append(f"  {'total':<11}{sum(counts.values()):>8}")
-    lines.append(f"audio kept: {files} files, {size / 1024 / 1024:.1f} MiB in {data_dir / 'audio'}")
+    lines.append(f"audio kept: {files} files, {size / 1024 / 1024:.1f} MiB with their codes, in {data_dir / 'audio'}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -11,7 +11,7 @@ from discord.ext import commands
 from bot.checks import is_moderator
 from bot.errors import UserError
 from bot.options import cap_option
-from bot.store import GuildSettings
+from bot.store import JAM_MAX_SECONDS, JAM_MAX_SECTIONS, GuildSettings
 from bot.ui.text import format_seconds
 from generation.jobs import OutputFormat
 from generation.settings import MAX_DURATION_CAP
@@ -54,7 +54,8 @@ class Settings(app_commands.Group):
             f"**Max duration:** {self.bot.pipeline.max_duration(guild)} s\n"
             f"**Per person:** {limits.max_active} jobs at once, {limits.rate_count} requests per "
             f"{format_seconds(limits.rate_window)}\n"
-            f"**Exempt role:** {exempt}\n**Default format:** {fmt}"
+            f"**Exempt role:** {exempt}\n**Default format:** {fmt}\n"
+            f"**Jams:** at most {guild.jam_max_seconds} s and {guild.jam_max_sections} sections each"
         )
 
     @app_commands.command(name="show", description="Show this server's jamgen settings")
@@ -106,6 +107,16 @@ class Settings(app_commands.Group):
     @app_commands.command(name="format", description="The audio format used when /generate names none")
     async def default_format(self, interaction: discord.Interaction, format: OutputFormat) -> None:
         await self._save(interaction, default_format=format)
+
+    @app_commands.command(name="jams", description="Caps on one jam's length and sections")
+    @app_commands.describe(seconds="The longest a jam's whole track may grow", sections="The most sections in a jam")
+    async def jams(
+        self, interaction: discord.Interaction,
+        seconds: app_commands.Range[int, 10, JAM_MAX_SECONDS] | None = None,
+        sections: app_commands.Range[int, 1, JAM_MAX_SECTIONS] | None = None,
+    ) -> None:
+        changes = {"jam_max_seconds": seconds, "jam_max_sections": sections}
+        await self._save(interaction, **{key: value for key, value in changes.items() if value is not None})
 
     @app_commands.command(name="exempt-role", description="Members with this role skip per-person limits")
     @app_commands.describe(role="Leave out to remove the exemption")

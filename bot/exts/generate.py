@@ -198,9 +198,9 @@ class Generate(commands.Cog, name="Generate"):
 
     def _request(self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any]) -> JobRequest:
         """Validate server-side: the declared ranges are only a hint to well-behaved clients."""
-        return JobRequest.create(
+        return JobRequest.create(  # every track keeps its codes: a jam may start from it (bot.jam)
             max_duration=self.bot.pipeline.max_duration(guild), owner=str(interaction.user.id),
-            max_file_bytes=interaction.filesize_limit, **fields,
+            max_file_bytes=interaction.filesize_limit, **{"keep_codes": True, **fields},
         )
 
     async def _start(self, interaction: discord.Interaction, requests: list[JobRequest], title: str) -> None:

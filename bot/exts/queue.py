@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.checks import is_moderator
 from bot.errors import UserError
+from bot.jam.render import waiting_line
 from bot.tickets import Ticket
 from bot.ui.text import format_seconds, safe
 from generation.events import JobHandle, JobState
@@ -30,6 +31,9 @@ class Queue(commands.Cog, name="Queue"):
         waits = pipeline.waits() or {}
         mine = [handle for _, handle in self._live(interaction, own_only=True)]
         lines = [self._line(handle, positions, waits) for handle in reversed(mine)]
+        if self.bot.jams is not None:  # jam sections that wait for the one before them
+            lines += [waiting_line(jam, item) for jam, item in
+                      self.bot.jams.waiting_of(interaction.guild_id, interaction.user.id)]
         running = sum(1 for job in pipeline.engine.jobs() if job.state is JobState.RUNNING)
         summary = f"**Queue:** {len(positions)} waiting, {running} generating."
         body = "\n".join(lines) if lines else "You have no jobs queued here. Start one with /generate."

@@ -14,7 +14,8 @@ import discord
 from bot.errors import UserError, report
 
 ACTIONS = {
-    "regen": ("Regenerate", "🔁"), "vary": ("Variations", "🎲"), "extend": ("Extend", "⏩"), "jam": ("Start a jam", "🎶"),
+    "regen": ("Regenerate", "🔁"), "vary": ("Variations", "🎲"), "extend": ("Extend", "⏩"),
+    "jam": ("Start a jam", "🎶"),
 }
 HANDLER_COG = "Generate"
 

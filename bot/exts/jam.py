@@ -1,0 +1,235 @@
+"""/jam start|add|undo|export|end: one shared track per channel, built in turns (:mod:`bot.jam`)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import allowed_here, is_moderator
+from bot.errors import UserError
+from bot.jam import render
+from bot.jam.model import Jam, Waiting, check_may_change
+from bot.jam.service import JamService, kept_track
+from bot.jam.store import JamStore, RedisJams
+from bot.journal import JobRecord
+from bot.options import cap_option
+from bot.reply import Reply
+from bot.store import GuildSettings
+from bot.ui.text import safe
+from generation.jobs import PROMPT_MAX_CHARS
+from generation.redis.remote import RemoteEngine
+from generation.settings import MAX_DURATION_CAP
+
+if TYPE_CHECKING:
+    from bot.app import JamBot
+
+log = logging.getLogger(__name__)
+
+AUTO_ARCHIVE_MINUTES: Literal[10080] = 10080  # a week: Discord's longest
+NO_THREAD = " I could not open a thread here (I need Create Public Threads), so the jam posts in this channel."
+
+
+class JamCog(commands.Cog, name="Jam"):
+    jam = app_commands.Group(name="jam", description="One shared track, built in turns", guild_only=True)
+
+    def __init__(self, bot: JamBot) -> None:
+        self.bot = bot
+        self.service = JamService(bot, _store_of(bot))
+
+    async def cog_load(self) -> None:
+        for command in (self.start, self.add):
+            cap_option(command, "seconds", self.bot.pipeline.duration_cap)
+        await self.service.load()
+        self.bot.jams = self.service
+        self.bot.pipeline.on_section_end = self.service.section_ended
+        self.bot.after_recovery.append(self.service.resume)
+        self.bot.keep_running(self._close_idle_forever(), "jamgen-jam-idle")
+
+    async def _close_idle_forever(self) -> None:
+        hours = self.bot.settings.jam_idle_hours
+        while True:
+            await asyncio.sleep(min(600.0, hours * 3600 / 4))
+            try:
+                await self.service.close_idle(hours)
+            except Exception:
+                log.exception("closing idle jams failed; trying again later")
+
+    # -- commands --------------------------------------------------------------------------------------
+    @jam.command(name="start", description="Open a jam here: a thread where members add sections in turns")
+    @app_commands.describe(prompt="The first section's music", title="The jam's name (default: the prompt)",
+                           seconds="The first section's length", model="Which MusicGen model (kept for the whole jam)")
+    async def start(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
+        title: app_commands.Range[str, 1, 90] | None = None,
+        seconds: app_commands.Range[int, 1, int(MAX_DURATION_CAP)] = 8, model: str | None = None,
+    ) -> None:
+        guild = self._checked(interaction)
+        self._jam_free(interaction)
+        jam = self._new_jam(interaction, guild, title or prompt, self._model(model))
+        item = self._waiting(interaction, prompt, seconds, guild)
+
+        async def ready(_: bool) -> str:
+            await interaction.response.defer(thinking=True)
+            jam.thread_id, note = await self._open_thread(interaction, jam.title)
+            where = f"<#{jam.thread_id}>" if jam.thread_id != jam.channel_id else "this channel"
+            return f"🎶 Jam **{safe(jam.title, 80)}** opened in {where}.{note} Add sections there with `/jam add`."
+
+        await self.service.begin(jam, item, Reply.of(interaction), ready)
+
+    @jam.command(name="add", description="Queue the jam's next section: it continues the track so far")
+    @app_commands.describe(prompt="This section's music", seconds="Seconds it adds")
+    async def add(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
+        seconds: app_commands.Range[int, 1, int(MAX_DURATION_CAP)] = 8,
+    ) -> None:
+        guild = self._checked(interaction)
+        jam = self.service.open_in(interaction.channel_id or 0)
+        if jam is None:
+            raise UserError("There is no open jam here. Start one with `/jam start`.")
+        item = self._waiting(interaction, prompt, seconds, guild)
+        reply = dataclasses.replace(Reply.of(interaction), channel_id=jam.thread_id, followups=False)
+
+        async def ready(waits: bool) -> None:
+            if not waits:
+                await interaction.response.defer(thinking=True)
+                return None
+            number = len(jam.sections) + len(jam.waiting) + 1
+            await interaction.response.send_message(
+                f"⏳ Section {number} ({safe(prompt, 80)}) waits for section {number - 1}; it starts when that one is "
+                f"posted, in <#{jam.thread_id}>.", allowed_mentions=discord.AllowedMentions.none())
+            item.status_message_id = (await interaction.original_response()).id
+            return None
+
+        await self.service.add(jam, item, (guild.jam_max_seconds, guild.jam_max_sections), reply, ready)
+
+    @jam.command(name="undo", description="Drop the jam's last section (its author, the host or a moderator)")
+    async def undo(self, interaction: discord.Interaction) -> None:
+        self._checked(interaction)
+        jam = self.service.here(interaction.channel_id or 0)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text = await self.service.undo(jam, interaction.user.id, is_moderator(interaction))
+        await interaction.followup.send(text, ephemeral=True)
+
+    @jam.command(name="export", description="Post the jam's whole track, with its credits")
+    async def export(self, interaction: discord.Interaction) -> None:
+        self._checked(interaction)
+        jam = self.service.here(interaction.channel_id or 0)
+        if not jam.sections:
+            raise UserError("The jam has no section yet: its first one is on its way.")
+        await interaction.response.defer(thinking=True)
+        audio = await self.service.track(jam, interaction.filesize_limit)
+        await interaction.followup.send(
+            f"🎶 **{safe(jam.title, 100)}**, {jam.seconds:.1f} s, {render.credits(jam)}",
+            embed=render.card(jam), file=self.service.track_file(jam, audio),
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @jam.command(name="end", description="Close the jam (the host or a moderator)")
+    async def end(self, interaction: discord.Interaction) -> None:
+        self._checked(interaction)
+        jam = self.service.open_in(interaction.channel_id or 0)
+        if jam is None:
+            raise UserError("There is no open jam here.")
+        check_may_change(jam, interaction.user.id, is_moderator(interaction), None, "end the jam")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.service.end(jam, f"ended by {interaction.user.display_name}")
+        await interaction.followup.send("The jam has ended; its final track is posted in its thread.", ephemeral=True)
+
+    @start.autocomplete("model")
+    async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        names = [name for name in self.bot.models if current.lower() in name.lower()]
+        return [app_commands.Choice(name=name[-100:], value=name[-100:]) for name in names[:25]]
+
+    # -- the "Start a jam" button under a track ------------------------------------------------------------
+    async def start_from_track(self, interaction: discord.Interaction, record: JobRecord) -> None:
+        """A jam whose first section is a posted track (its file and codes, as kept); the presser hosts it."""
+        guild = self._checked(interaction)
+        self._jam_free(interaction)
+        if record.audio_path is None:
+            raise UserError("That track's audio is no longer kept, so a jam can't start from it. Use `/jam start`.")
+        if record.request.model not in self.bot.models:
+            raise UserError("That track's model is no longer served here, so a jam can't continue it.")
+        data, codes = await kept_track(Path(record.audio_path))
+        jam = self._new_jam(interaction, guild, record.request.prompt, record.request.model)
+        jam.format = record.request.format.value
+        await interaction.response.defer(thinking=True)
+        jam.thread_id, note = await self._open_thread(interaction, jam.title)
+        async with self.service.locked(jam) as jam:
+            await self.service.add_section(jam, record, data, codes, context_frames=0)
+            await self.service.keep(jam)
+            await self.service.post_track(jam)
+        await interaction.followup.send(
+            f"🎶 <@{interaction.user.id}> started a jam from <@{record.user_id}>'s track in <#{jam.thread_id}>.{note} "
+            "Add sections there with `/jam add`.", allowed_mentions=discord.AllowedMentions.none())
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _checked(self, interaction: discord.Interaction) -> GuildSettings:
+        return allowed_here(interaction, self.bot.store)
+
+    def _jam_free(self, interaction: discord.Interaction) -> None:
+        if isinstance(interaction.channel, discord.Thread):
+            raise UserError("Start a jam in a text channel: it opens a thread of its own.")
+        jam = self.service.open_in(interaction.channel_id or 0)
+        if jam is not None:
+            raise UserError(f"A jam is already on here, in <#{jam.thread_id}>: join it with `/jam add` there.")
+
+    def _model(self, name: str | None) -> str:
+        generate = self.bot.get_cog("Generate")
+        if generate is None:
+            raise UserError("jamgen is starting up; try again in a moment.")
+        return str(generate.model_for(name))  # type: ignore[attr-defined]
+
+    def _new_jam(self, interaction: discord.Interaction, guild: GuildSettings, title: str, model: str) -> Jam:
+        assert interaction.guild_id is not None
+        channel_id = interaction.channel_id or 0
+        return Jam(
+            guild_id=interaction.guild_id, channel_id=channel_id, thread_id=channel_id,
+            host_id=interaction.user.id, title=title, model=model,
+            format=(guild.default_format or self.bot.settings.default_format).value,
+            max_file_bytes=interaction.filesize_limit,
+        )
+
+    def _waiting(self, interaction: discord.Interaction, prompt: str, seconds: int, guild: GuildSettings) -> Waiting:
+        limit = self.bot.pipeline.max_duration(guild)
+        if seconds > limit:
+            raise UserError(f"A section can be at most {limit} s long on this server.")
+        roles = getattr(interaction.user, "roles", [])
+        return Waiting(
+            author_id=interaction.user.id, role_ids=[role.id for role in roles], prompt=prompt, seconds=seconds,
+            application_id=interaction.application_id, token=interaction.token,
+            interaction_at=interaction.created_at.timestamp(),
+        )
+
+    async def _open_thread(self, interaction: discord.Interaction, title: str) -> tuple[int, str]:
+        """The jam's thread (its id, and a note when the jam has to post in the channel instead)."""
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel):
+            return interaction.channel_id or 0, " This channel can't hold threads, so the jam posts here."
+        try:
+            thread = await channel.create_thread(name=f"🎶 {title}"[:100], type=discord.ChannelType.public_thread,
+                                                 auto_archive_duration=AUTO_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            log.info("could not open a jam thread in channel %s (%s)", channel.id, exc.status)
+            return channel.id, NO_THREAD
+        return thread.id, ""
+
+
+def _store_of(bot: JamBot) -> JamStore:
+    """Redis when the bot is scaled out (any process may serve the guild after a restart), else the SQLite file."""
+    if isinstance(bot.engine, RemoteEngine):
+        return RedisJams(bot.engine.redis.client, bot.engine.redis.keys.prefix,
+                         keep_seconds=bot.settings.retention_days * 86400)
+    if bot.store.jams is None:
+        raise RuntimeError("the store is not open")
+    return bot.store.jams
+
+
+async def setup(bot: JamBot) -> None:
+    await bot.add_cog(JamCog(bot))

@@ -1,0 +1,197 @@
+"""/jam through the fake Discord and the tiny model: three members, five sections, a restart in the middle, undo,
+export, caps, the idle close, and a jam started from a posted track."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bot.jam.store import blob_name
+from generation.backends.base import GenerationTask
+from generation.splice import codes_of
+from tests.bot_harness import World, job_of, running_bot, user_text
+from tests.fakes.discord import FakeInteraction, FakeMessage, FakeUser
+from tests.helpers import FaultyBackend, decode, tiny_backend
+
+pytestmark = pytest.mark.timeout(300)
+
+SECONDS = 2
+
+
+async def jam(world: World, sub: str, user: FakeUser, channel: Any, **options: Any) -> FakeInteraction:
+    return await world.fake.send_command("jam", options, user=user, guild=world.guild, channel=channel,
+                                         subcommands=(sub,))
+
+
+def thread_of(world: World) -> Any:
+    (thread,) = world.guild.threads_of(world.jam.id)
+    return thread
+
+
+def track_message(world: World, thread_id: int) -> FakeMessage | None:
+    return next((m for m in world.fake.messages if m.channel_id == thread_id and not m.deleted
+                 and m.content.startswith("🎶 The whole track so far")), None)
+
+
+async def sections_posted(world: World, thread_id: int, count: int, timeout: float = 90) -> FakeMessage:
+    await world.fake.wait_for(lambda: (m := track_message(world, thread_id)) is not None
+                              and f": {count} sections" in m.content, timeout=timeout)
+    message = track_message(world, thread_id)
+    assert message is not None
+    return message
+
+
+def authors(message: FakeMessage) -> list[int]:
+    return [int(found) for found in re.findall(r"^\*\*\d+\.\*\* <@(\d+)>", message.embeds[0]["description"], re.M)]
+
+
+def seconds_of(message: FakeMessage) -> float:
+    (audio,) = message.attachments
+    return decode(audio.data).seconds
+
+
+async def refused(interaction: FakeInteraction) -> str:
+    callback = await interaction.wait_callback()
+    assert callback.type == 4 and callback.data is not None and callback.data["flags"] & 64  # ephemeral
+    return str(callback.data["content"])
+
+
+class HoldPrompt:
+    """Holds any batch with ``prompt`` at the backend's door until released: a section in flight at a restart."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, tasks: Sequence[GenerationTask]) -> None:
+        if any(task.prompt == self.prompt for task in tasks):
+            self.reached.set()
+            if not self.release.wait(timeout=60):
+                raise TimeoutError("the test never released the section")
+
+
+async def test_a_jam_of_three_members_and_five_sections_with_a_restart(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    carol = world.fake.add_user("carol")
+    world.guild.add_member(carol)
+    hold = HoldPrompt("four")
+    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=hold)
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend,
+                           shutdown_grace=0.2) as bot:
+        start = await jam(world, "start", world.alice, world.jam, prompt="one", title="night jam", seconds=SECONDS)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        await world.fake.wait_for(lambda: start.original is not None and f"<#{thread.id}>" in start.original.content)
+        second = await jam(world, "add", world.bob, thread, prompt="two", seconds=SECONDS)
+        third = await jam(world, "add", world.mod, thread, prompt="three", seconds=SECONDS)
+        assert "waits for section 2" in user_text(third) or (await sections_posted(world, thread.id, 2))
+        await sections_posted(world, thread.id, 3)
+        assert (await second.wait_callback()).type == 5
+        fourth = await jam(world, "add", world.alice, thread, prompt="four", seconds=SECONDS)
+        fifth = await jam(world, "add", world.bob, thread, prompt="five", seconds=SECONDS)
+        await world.fake.wait_for(lambda: "waits for section 4" in user_text(fifth))
+        queue = await world.fake.send_command("queue", user=world.bob, guild=world.guild, channel=thread)
+        assert "section 5: five — waits for section 4" in str((await queue.wait_callback()).data)
+        await world.fake.wait_for(hold.reached.is_set)
+        closing = asyncio.create_task(bot.close())
+        await world.fake.wait_for(lambda: fourth.original is not None and "keeps its place" in fourth.original.content)
+        hold.release.set()
+        await closing
+    stopped = track_message(world, thread.id)
+    assert stopped is not None and ": 3 sections" in stopped.content
+
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:  # the restart: 4 and 5 go on
+        message = await sections_posted(world, thread.id, 5)
+        ids = [world.alice.id, world.bob.id, world.mod.id, world.alice.id, world.bob.id]
+        assert authors(message) == ids
+        assert seconds_of(message) == pytest.approx(5 * SECONDS, abs=0.1)
+        jam_id = message.embeds[0]["footer"]["text"].split()[1]
+        codes = [codes_of(await bot.store.jams.get_blob(jam_id, blob_name(n, "codes"))) for n in range(1, 6)]
+        frames = [c.shape[1] for c in codes]
+        assert len(set(frames)) == 1 and frames[0] > 0  # each section added its own 2 s, its context left out
+
+        assert "Only <@" in await refused(await jam(world, "undo", carol, thread))
+        undo = await jam(world, "undo", world.bob, thread)
+        await world.fake.wait_for(lambda: "Dropped section 5" in user_text(undo))
+        message = await sections_posted(world, thread.id, 4)
+        assert authors(message) == ids[:4] and seconds_of(message) == pytest.approx(4 * SECONDS, abs=0.1)
+
+        export = await jam(world, "export", carol, thread)
+        (exported,) = await world.result_of(export)
+        assert exported.attachments and seconds_of(exported) == pytest.approx(4 * SECONDS, abs=0.1)
+        assert f"<@{world.mod.id}>" in exported.content and exported.embeds[0]["title"] == "🎶 night jam"
+
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, jam_idle_hours=0.0005):  # 1.8 s
+        await world.fake.wait_for(lambda: any(m.channel_id == thread.id and "This jam has ended" in m.content
+                                              for m in world.fake.messages), timeout=30)
+        final = next(m for m in world.fake.messages if m.channel_id == thread.id and "has ended" in m.content)
+        assert "nothing new" in final.content and seconds_of(final) == pytest.approx(4 * SECONDS, abs=0.1)
+        assert thread.archived
+        late = await jam(world, "add", world.alice, world.jam, prompt="six")
+        assert "no open jam" in await refused(late)
+
+
+async def test_sections_wait_their_turn_and_caps_are_stated(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        await bot.store.update_guild(world.guild.id, jam_max_sections=2, jam_max_seconds=12)
+        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        again = await jam(world, "start", world.bob, world.jam, prompt="another")
+        assert f"<#{thread.id}>" in await refused(again)
+        long = await jam(world, "add", world.bob, thread, prompt="long", seconds=11)
+        assert "caps jams at 12 s" in await refused(long)
+        await jam(world, "add", world.bob, thread, prompt="two", seconds=SECONDS)
+        third = await jam(world, "add", world.mod, thread, prompt="three", seconds=SECONDS)
+        assert "cap of 2 sections" in await refused(third)
+        await sections_posted(world, thread.id, 2)
+        ended = await jam(world, "end", world.bob, thread)
+        assert "host <@" in await refused(ended)
+        await jam(world, "end", world.alice, thread)
+        await world.fake.wait_for(lambda: any("ended by" in m.content for m in world.fake.messages
+                                              if m.channel_id == thread.id))
+
+
+async def test_a_jam_starts_from_a_posted_track_and_continues_its_codes(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        interaction = await world.generate(duration=SECONDS)
+        (post,) = await world.result_of(interaction)
+        job_id = job_of(post)
+        press = await world.fake.press_button(post, f"jamgen:jam:{job_id}", user=world.bob, guild=world.guild)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        first = await sections_posted(world, thread.id, 1)
+        assert authors(first) == [world.alice.id] and first.embeds[0]["fields"][0]["value"] == f"<@{world.bob.id}>"
+        assert f"<#{thread.id}>" in user_text(press)
+        await jam(world, "add", world.mod, thread, prompt="and then", seconds=SECONDS)
+        second = await sections_posted(world, thread.id, 2)
+        assert seconds_of(second) == pytest.approx(2 * SECONDS, abs=0.1)
+        jam_id = second.embeds[0]["footer"]["text"].split()[1]
+        kept = np.load(tmp_path / "audio" / f"{job_id}.codes.npy")
+        section_one = codes_of(await bot.store.jams.get_blob(jam_id, blob_name(1, "codes")))
+        np.testing.assert_array_equal(section_one, kept)  # the track's own codes, not re-encoded audio
+
+
+async def test_without_thread_permission_the_jam_posts_in_the_channel(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    world.jam.refuse_threads = True
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        start = await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+        await world.fake.wait_for(
+            lambda: start.original is not None and "Create Public Threads" in start.original.content)
+        await sections_posted(world, world.jam.id, 1)
+        assert world.guild.threads_of(world.jam.id) == []
