@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tests.fakes.models import PRIVATE_THREAD, PUBLIC_THREAD, FakeChannel, FakeGuild, FakeThread, iso_now
+from tests.fakes.openapi import discord_error_body
 from tests.fakes.rest import (
     UNKNOWN_CHANNEL,
     UNKNOWN_MESSAGE,
@@ -85,6 +86,8 @@ async def edit_channel(fake: FakeDiscord, call: Call) -> Reply:
         raise unknown("Channel", UNKNOWN_CHANNEL)
     _, channel = found
     body = call.body or {}
+    if isinstance(channel, FakeThread):
+        _check_thread_body(fake, call.record.route, body)
     if body.get("name") is not None:
         channel.name = body["name"]
     if not isinstance(channel, FakeThread):
@@ -100,6 +103,17 @@ async def edit_channel(fake: FakeDiscord, call: Call) -> Reply:
         channel.auto_archive_duration = int(body["auto_archive_duration"])
     await dispatch_thread(fake, "THREAD_UPDATE", channel)
     return Reply(body=channel.payload())
+
+
+def _check_thread_body(fake: FakeDiscord, route_name: str, body: Any) -> None:
+    """The description lets any body through PATCH /channels/{id} (its DM branch takes anything): a thread's edit
+    is checked against the thread branch, and refused 400 / 50035 like the front door's failures."""
+    validator = fake.rest.validator
+    errors = validator.validate_schema("UpdateThreadRequestPartial", body) if validator is not None else []
+    if errors:
+        fake.validation_errors.extend(f"{route_name}: {error}" for error in errors)
+        refusal = discord_error_body(errors)
+        raise ApiError(400, refusal["code"], refusal["message"], errors=refusal["errors"])
 
 
 def thread_routes() -> list[RouteSpec]:
