@@ -121,3 +121,24 @@ async def test_a_body_discord_refuses_fails_the_bot_tests_check() -> None:
             async with connected(world.fake, bot):
                 with pytest.raises(discord.HTTPException):
                     await bot.http.request(Route("POST", MESSAGES, channel_id=world.jam.id), json={"tts": "yes"})
+
+
+async def test_thread_bodies_are_checked_against_the_description(world: World) -> None:
+    bot = client()
+    async with connected(world.fake, bot):
+        start = Route("POST", "/channels/{channel_id}/threads", channel_id=world.jam.id)
+        with pytest.raises(discord.HTTPException) as nameless:
+            await bot.http.request(start, json={"name": "", "type": 11})
+        with pytest.raises(discord.HTTPException) as odd_duration:
+            await bot.http.request(start, json={"name": "jam", "type": 11, "auto_archive_duration": 5})
+        thread = await bot.http.request(start, json={"name": "jam", "type": 11, "auto_archive_duration": 60})
+        edit = Route("PATCH", "/channels/{channel_id}", channel_id=int(thread["id"]))
+        with pytest.raises(discord.HTTPException) as not_a_flag:
+            await bot.http.request(edit, json={"archived": "yes"})
+    assert nameless.value.status == odd_duration.value.status == not_a_flag.value.status == 400
+    assert [error.split(":")[0] for error in world.fake.validation_errors] == [
+        "POST /channels/{channel_id}/threads", "POST /channels/{channel_id}/threads", "PATCH /channels/{channel_id}"]
+    assert (thread["type"], thread["parent_id"], thread["thread_metadata"]["auto_archive_duration"]) == (
+        11, str(world.jam.id), 60)
+    [made] = world.fake.guilds[int(thread["guild_id"])].threads_of(world.jam.id)
+    assert (made.archived, made.auto_archive_duration) == (False, 60)

@@ -638,3 +638,146 @@ async def test_an_interaction_for_a_shard_no_client_holds_is_refused(fake: FakeD
     async with connected(fake, shard_client(0)):
         with pytest.raises(RuntimeError, match=r"no client holds the shard .*\[\(0, 2\)\]"):
             await fake.send_command("ping", user=alice, guild=guild, channel=channel)
+
+
+# Threads ------------------------------------------------------------------------------------------------------
+
+
+def thread_client() -> discord.Client:
+    return discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.1)
+
+
+async def test_a_thread_started_from_a_text_channel_is_cached_and_takes_messages(world: World) -> None:
+    client = thread_client()
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        thread = await channel.create_thread(name="lofi jam", type=discord.ChannelType.public_thread,
+                                             auto_archive_duration=1440)
+        assert (thread.type, thread.parent_id, thread.owner_id) == (discord.ChannelType.public_thread,
+                                                                     channel.id, world.fake.bot_user_id)
+        assert (thread.archived, thread.locked, thread.auto_archive_duration) == (False, False, 1440)
+        assert thread.me is not None and thread.me.id == world.fake.bot_user_id
+        guild = channel.guild
+        await world.fake.wait_for(lambda: guild.get_thread(thread.id) is not None)
+        cached = guild.get_thread(thread.id)
+        assert cached is not None and cached.name == "lofi jam" and cached.parent == channel
+        assert client.get_channel(thread.id) is cached
+        sent = await thread.send("first take", file=discord.File(io.BytesIO(AUDIO), "take1.wav"))
+        assert sent.channel.id == thread.id
+        assert await sent.attachments[0].read() == AUDIO
+        fetched = await client.fetch_channel(thread.id)
+        assert isinstance(fetched, discord.Thread)
+        assert (fetched.parent_id, fetched.message_count) == (channel.id, 1)
+        assert [message.content async for message in thread.history(limit=5)] == ["first take"]
+        assert [message.content async for message in channel.history(limit=5)] == []
+
+    [fake_thread] = world.guild.threads_of(world.channel.id)
+    assert (fake_thread.id, fake_thread.type, fake_thread.owner_id) == (thread.id, 11, world.fake.bot_user_id)
+    assert world.guild.channel(thread.id) is fake_thread
+    created = next(frame for frame in world.fake.gateway.stats.dispatched if frame[0] == "THREAD_CREATE")
+    assert created[1]["newly_created"] is True and created[1]["parent_id"] == str(world.channel.id)
+    assert world.fake.messages[0].channel_id == thread.id
+    assert world.fake.validation_errors == [] and world.fake.unknown_routes == []
+
+
+async def test_a_message_in_a_thread_gets_its_attachment_replaced_in_place(world: World) -> None:
+    client = thread_client()
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        starter = await channel.send("jam starts here")
+        thread = await starter.create_thread(name="jam", auto_archive_duration=60)
+        assert thread.id == starter.id  # a thread from a message takes the message's id, as on Discord
+        sent = await thread.send("take 1", file=discord.File(io.BytesIO(b"one" * 100), "take1.wav"))
+        edited = await sent.edit(content="take 2", attachments=[discord.File(io.BytesIO(AUDIO), "take2.wav")])
+        assert [attachment.filename for attachment in edited.attachments] == ["take2.wav"]
+        assert await edited.attachments[0].read() == AUDIO
+        again = await thread.fetch_message(sent.id)
+        assert (again.content, [item.filename for item in again.attachments]) == ("take 2", ["take2.wav"])
+
+    message = world.fake.message_by_id(sent.id)
+    assert message is not None and message.channel_id == thread.id
+    assert [(item.filename, item.data) for item in message.attachments] == [("take2.wav", AUDIO)]
+    assert [edit["content"] for edit in message.edits] == ["take 2"]
+    assert world.fake.validation_errors == [] and world.fake.unknown_routes == []
+
+
+async def test_archiving_a_thread_is_told_to_the_client_and_blocks_edits(world: World) -> None:
+    client = thread_client()
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        guild = channel.guild
+        thread = await channel.create_thread(name="jam", type=discord.ChannelType.public_thread)
+        await world.fake.wait_for(lambda: guild.get_thread(thread.id) is not None)
+        sent = await thread.send("take 1")
+        archived = await thread.edit(archived=True, name="jam (done)")
+        assert (archived.archived, archived.name) == (True, "jam (done)")
+        await world.fake.wait_for(lambda: guild.get_thread(thread.id) is None)  # discord.py drops archived ones
+        with pytest.raises(discord.HTTPException) as refused:
+            await sent.edit(content="too late")
+        assert (refused.value.status, refused.value.code) == (400, 50083)
+        await thread.send("back again")  # a post unarchives a thread that is not locked
+        await world.fake.wait_for(lambda: guild.get_thread(thread.id) is not None)
+        unarchived = guild.get_thread(thread.id)
+        assert unarchived is not None and not unarchived.archived and unarchived.name == "jam (done)"
+        await thread.edit(archived=True, locked=True)
+        with pytest.raises(discord.HTTPException):
+            await thread.send("locked out")
+
+    [fake_thread] = world.guild.threads_of(world.channel.id)
+    assert (fake_thread.name, fake_thread.archived, fake_thread.locked) == ("jam (done)", True, True)
+    assert fake_thread.message_count == 2
+    updates = [frame[1] for frame in world.fake.gateway.stats.dispatched if frame[0] == "THREAD_UPDATE"]
+    assert [update["thread_metadata"]["archived"] for update in updates] == [True, False, True]
+    assert world.fake.validation_errors == [] and world.fake.unknown_routes == []
+
+
+async def test_a_command_and_a_button_in_a_thread_carry_the_thread_as_channel(world: World) -> None:
+    thread = world.guild.add_thread(world.channel, "jam session")
+    bot = make_bot()
+    seen: list[tuple[str, Any, int | None]] = []
+
+    class Panel(discord.ui.View):
+        @discord.ui.button(label="Again", custom_id="jam:again")
+        async def again(self, interaction: discord.Interaction, button: discord.ui.Button[Panel]) -> None:
+            seen.append(("button", interaction.channel, interaction.channel_id))
+            await interaction.response.edit_message(content="again", view=None)
+
+    @bot.tree.command(description="Jam")
+    async def jam(interaction: discord.Interaction) -> None:
+        seen.append(("command", interaction.channel, interaction.channel_id))
+        await interaction.response.send_message("in the thread", view=Panel())
+
+    async with connected(world.fake, bot):
+        assert bot.get_channel(thread.id) is not None  # sent with GUILD_CREATE
+        command = await world.fake.send_command("jam", user=world.alice, guild=world.guild, channel=thread)
+        await command.wait_callback()
+        assert command.original is not None and command.original.channel_id == thread.id
+        press = await world.fake.press_button(command.original, "jam:again", user=world.bob, guild=world.guild)
+        await press.wait_callback()
+
+    assert command.payload["channel"]["type"] == 11
+    assert command.payload["channel"]["parent_id"] == str(world.channel.id)
+    assert press.payload["channel_id"] == str(thread.id)
+    assert [(kind, channel_id) for kind, _, channel_id in seen] == [("command", thread.id), ("button", thread.id)]
+    for _, channel, _ in seen:
+        assert isinstance(channel, discord.Thread)
+        assert channel.id == thread.id and channel.parent_id == world.channel.id
+        assert isinstance(channel.parent, discord.TextChannel) and channel.parent.name == "jams"
+    assert thread.message_count == 1
+
+
+async def test_a_refused_thread_is_403_missing_access(world: World) -> None:
+    world.channel.refuse_threads = True
+    client = thread_client()
+    async with connected(world.fake, client):
+        channel = client.get_channel(world.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        with pytest.raises(discord.Forbidden) as refused:
+            await channel.create_thread(name="jam", type=discord.ChannelType.public_thread)
+        assert refused.value.code == 50001
+        await channel.send("no thread, here instead")  # the channel itself still works
+    assert world.guild.threads_of(world.channel.id) == []
+    assert [message.channel_id for message in world.fake.messages] == [world.channel.id]

@@ -63,13 +63,15 @@ from tests.fakes.models import (
     FakeGuild,
     FakeMember,
     FakeRole,
+    FakeThread,
     FakeUser,
     make_snowflake,
     ready_payload,
     shard_of,
 )
 from tests.fakes.openapi import OpenApiValidator
-from tests.fakes.rest import base_routes
+from tests.fakes.rest import base_routes, count_in_thread
+from tests.fakes.threads import thread_routes
 from tests.fakes.webhooks import webhook_routes
 from tests.fakes.wire import API_PREFIX, RestFrontDoor
 
@@ -83,6 +85,7 @@ __all__ = [
     "FakeMember",
     "FakeMessage",
     "FakeRole",
+    "FakeThread",
     "FakeUser",
     "RecordedRequest",
     "connected",
@@ -124,7 +127,7 @@ class FakeDiscord:
                                on_change=self.notify)
         self.base_url = ""
         self.gateway_url = ""
-        self.rest = RestFrontDoor(self, [*base_routes(), *webhook_routes()],
+        self.rest = RestFrontDoor(self, [*base_routes(), *thread_routes(), *webhook_routes()],
                                   OpenApiValidator.load() if validate else None, validate=validate)
         self._messages_by_id: dict[int, FakeMessage] = {}
         self._changed = asyncio.Event()
@@ -391,6 +394,7 @@ class FakeDiscord:
     async def add_message(self, message: FakeMessage) -> None:
         self.messages.append(message)
         self._messages_by_id[message.id] = message
+        count_in_thread(self, message, 1)
         await self._dispatch_message_event("MESSAGE_CREATE", message)
 
     async def edit_message(self, message: FakeMessage, body: dict[str, Any], files: list[FakeAttachment]) -> None:
@@ -399,6 +403,7 @@ class FakeDiscord:
 
     async def delete_message(self, message: FakeMessage) -> None:
         message.deleted = True
+        count_in_thread(self, message, -1)
         if not message.ephemeral and self.gateway.ready.is_set():
             data = {"id": str(message.id), "channel_id": str(message.channel_id)}
             if message.guild_id is not None:

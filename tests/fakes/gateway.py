@@ -41,6 +41,7 @@ class GatewayStats:
     heartbeats: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     identified: list[Shard] = field(default_factory=list)  # the shard of each IDENTIFY, in order
+    dispatched: list[Dispatch] = field(default_factory=list)  # (event, data) of every dispatch after READY, in order
 
 
 @dataclass
@@ -131,6 +132,7 @@ class Gateway:
         """Send an event to the sessions of its guild's shard (``data["guild_id"]``; none: shard 0), or keep it
         for their RESUME while their client is away."""
         guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+        self.stats.dispatched.append((event, data))
         async with self._lock:
             targets = [session for session in self._sessions.values() if session.holds(guild_id)]
             if not targets:

@@ -138,6 +138,7 @@ class FakeChannel:
     name: str
     guild_id: int
     position: int = 0
+    refuse_threads: bool = False  # starting a thread here is answered 403 50001 Missing Access
 
     def payload(self, *, with_guild_id: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -157,6 +158,62 @@ class FakeChannel:
         if with_guild_id:
             data["guild_id"] = str(self.guild_id)
         return data
+
+
+PUBLIC_THREAD, PRIVATE_THREAD = 11, 12
+AUTO_ARCHIVE_DURATIONS = (60, 1440, 4320, 10080)
+
+
+@dataclass
+class FakeThread(FakeChannel):
+    """A thread in a guild text channel (``parent_id``); ``guild.channel(id)`` finds it like any channel."""
+
+    parent_id: int = 0
+    owner_id: int = 0
+    type: int = PUBLIC_THREAD
+    archived: bool = False
+    locked: bool = False
+    auto_archive_duration: int = 1440
+    archive_timestamp: str = field(default_factory=iso_now)
+    create_timestamp: str = field(default_factory=iso_now)
+    message_count: int = 0
+    total_message_sent: int = 0
+    member_ids: list[int] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "archived": self.archived,
+            "archive_timestamp": self.archive_timestamp,
+            "auto_archive_duration": self.auto_archive_duration,
+            "locked": self.locked,
+            "create_timestamp": self.create_timestamp,
+        }
+        if self.type == PRIVATE_THREAD:
+            data["invitable"] = True
+        return data
+
+    def payload(self, *, with_guild_id: bool = True) -> dict[str, Any]:
+        """The thread channel object (guild_id is always part of it)."""
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "guild_id": str(self.guild_id),
+            "name": self.name,
+            "parent_id": str(self.parent_id),
+            "owner_id": str(self.owner_id),
+            "last_message_id": None,
+            "last_pin_timestamp": None,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "thread_metadata": self.metadata(),
+            "message_count": self.message_count,
+            "total_message_sent": self.total_message_sent,
+            "member_count": len(self.member_ids),
+        }
+
+    def member_payload(self, user_id: int) -> dict[str, Any]:
+        """The thread member object of ``user_id`` (``member`` of the answer to the thread's creator)."""
+        return {"id": str(self.id), "user_id": str(user_id), "join_timestamp": self.create_timestamp, "flags": 0}
 
 
 @dataclass
@@ -196,6 +253,7 @@ class FakeGuild:
     id: int
     name: str
     channels: list[FakeChannel] = field(default_factory=list)
+    threads: list[FakeThread] = field(default_factory=list)
     roles: list[FakeRole] = field(default_factory=list)
     members: list[FakeMember] = field(default_factory=list)
     owner_id: int = 0
@@ -216,6 +274,25 @@ class FakeGuild:
         self.channels.append(channel)
         return channel
 
+    def add_thread(self, parent: FakeChannel, name: str, *, owner_id: int | None = None,
+                   private: bool = False, thread_id: int | None = None) -> FakeThread:
+        """A thread in ``parent`` (owned by ``owner_id``, else the guild's owner). Made before the client connects,
+        it arrives in GUILD_CREATE (unless archived); the REST routes also dispatch THREAD_CREATE."""
+        if isinstance(parent, FakeThread) or self.channel(parent.id) is not parent:
+            raise ValueError(f"{parent.name!r} is not a text channel of {self.name}")
+        owner = self.owner_id if owner_id is None else owner_id
+        thread = FakeThread(thread_id or make_snowflake(), name, self.id, parent_id=parent.id, owner_id=owner,
+                            type=PRIVATE_THREAD if private else PUBLIC_THREAD, member_ids=[owner])
+        self.threads.append(thread)
+        return thread
+
+    def threads_of(self, channel_id: int) -> list[FakeThread]:
+        """The threads of a text channel, oldest first."""
+        return [thread for thread in self.threads if thread.parent_id == channel_id]
+
+    def thread(self, thread_id: int) -> FakeThread | None:
+        return next((thread for thread in self.threads if thread.id == thread_id), None)
+
     def add_role(self, name: str, permissions: int = 0) -> FakeRole:
         role = FakeRole(make_snowflake(), name, permissions, position=len(self.roles))
         self.roles.append(role)
@@ -231,7 +308,9 @@ class FakeGuild:
         return next((member for member in self.members if member.user.id == user_id), None)
 
     def channel(self, channel_id: int) -> FakeChannel | None:
-        return next((channel for channel in self.channels if channel.id == channel_id), None)
+        """A text channel or a thread."""
+        found = next((channel for channel in self.channels if channel.id == channel_id), None)
+        return found if found is not None else self.thread(channel_id)
 
     def role(self, role_id: int) -> FakeRole | None:
         return next((role for role in self.roles if role.id == role_id), None)
@@ -299,7 +378,7 @@ class FakeGuild:
             "member_count": len(self.members),
             "members": [member.payload() for member in self.members],
             "channels": [channel.payload(with_guild_id=False) for channel in self.channels],
-            "threads": [],
+            "threads": [thread.payload() for thread in self.threads if not thread.archived],
             "presences": [],
             "voice_states": [],
             "stage_instances": [],

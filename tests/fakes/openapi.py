@@ -133,6 +133,17 @@ class OpenApiValidator:
             return []
         return [self._describe(error) for error in validator.iter_errors(body)]
 
+    def validate_schema(self, name: str, body: Any) -> list[BodyError]:
+        """Errors in ``body`` against one schema of the description's components (``UpdateThreadRequestPartial``),
+        for a body whose operation takes a union loose enough to let anything through."""
+        key = ("#schema", name)
+        if key not in self._validators:
+            self._validators[key] = Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                                          "components": self._components})
+        validator = self._validators[key]
+        assert validator is not None
+        return [self._describe(error) for error in validator.iter_errors(body)]
+
     def _validator(self, method: str, path: str) -> Draft202012Validator | None:
         template = self.operation_path(path)
         if template is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tests.fakes.messages import FakeAttachment, FakeMessage, RecordedRequest, new_message
-from tests.fakes.models import DEFAULT_FILESIZE_LIMIT, FakeGuild, make_snowflake
+from tests.fakes.models import DEFAULT_FILESIZE_LIMIT, FakeChannel, FakeGuild, FakeThread, iso_now, make_snowflake
 
 if TYPE_CHECKING:
     from tests.fakes.discord import FakeDiscord
@@ -76,6 +76,7 @@ def unknown(what: str, code: int) -> ApiError:
 
 
 UNKNOWN_CHANNEL, UNKNOWN_GUILD, UNKNOWN_MEMBER, UNKNOWN_MESSAGE, UNKNOWN_USER = 10003, 10004, 10007, 10008, 10013
+THREAD_ARCHIVED = 50083  # "Thread is archived"
 
 
 def check_uploads(files: list[FakeAttachment], limit: int) -> None:
@@ -207,12 +208,60 @@ async def get_member(fake: FakeDiscord, call: Call) -> Reply:
     return Reply(body=member.payload())
 
 
-def _channel_context(fake: FakeDiscord, channel_id: int) -> tuple[FakeGuild | None, dict[str, Any]]:
-    """The guild (None for a DM) and REST payload of a channel; 404 when unknown."""
+def find_channel(fake: FakeDiscord, channel_id: int) -> tuple[FakeGuild, FakeChannel] | None:
+    """The guild and channel (text channel or thread) with ``channel_id``; None when it is no guild channel."""
     for guild in fake.guilds.values():
         channel = guild.channel(channel_id)
         if channel is not None:
-            return guild, channel.payload()
+            return guild, channel
+    return None
+
+
+def find_thread(fake: FakeDiscord, thread_id: int) -> FakeThread | None:
+    found = find_channel(fake, thread_id)
+    return found[1] if found is not None and isinstance(found[1], FakeThread) else None
+
+
+async def dispatch_thread(fake: FakeDiscord, event: str, thread: FakeThread, **extra: Any) -> None:
+    """THREAD_CREATE / THREAD_UPDATE with the thread's payload (and ``extra``, e.g. ``newly_created``)."""
+    if fake.gateway.ready.is_set():
+        await fake.gateway.dispatch(event, {**thread.payload(), **extra})
+
+
+def check_writable(fake: FakeDiscord, channel_id: int) -> None:
+    """400 / 50083 for an edit or delete in an archived thread, as on Discord."""
+    thread = find_thread(fake, channel_id)
+    if thread is not None and thread.archived:
+        raise ApiError(400, THREAD_ARCHIVED, "Thread is archived")
+
+
+async def unarchive_for_post(fake: FakeDiscord, channel_id: int) -> None:
+    """A post into an archived thread unarchives it (THREAD_UPDATE), unless it is locked: 400 / 50083."""
+    thread = find_thread(fake, channel_id)
+    if thread is None or not thread.archived:
+        return
+    if thread.locked:
+        raise ApiError(400, THREAD_ARCHIVED, "Thread is archived")
+    thread.archived = False
+    thread.archive_timestamp = iso_now()
+    await dispatch_thread(fake, "THREAD_UPDATE", thread)
+
+
+def count_in_thread(fake: FakeDiscord, message: FakeMessage, delta: int) -> None:
+    """Keep a thread's message_count (deleted messages do not count) and total_message_sent."""
+    thread = find_thread(fake, message.channel_id)
+    if thread is None or message.ephemeral:
+        return
+    thread.message_count = max(0, thread.message_count + delta)
+    if delta > 0:
+        thread.total_message_sent += delta
+
+
+def _channel_context(fake: FakeDiscord, channel_id: int) -> tuple[FakeGuild | None, dict[str, Any]]:
+    """The guild (None for a DM) and REST payload of a channel or thread; 404 when unknown."""
+    found = find_channel(fake, channel_id)
+    if found is not None:
+        return found[0], found[1].payload()
     if channel_id in fake.dm_channels:
         return None, fake.dm_channel_payload(channel_id)
     raise unknown("Channel", UNKNOWN_CHANNEL)
@@ -226,6 +275,7 @@ async def post_channel_message(fake: FakeDiscord, call: Call) -> Reply:
     channel_id = call.int_param("channel_id")
     guild, _ = _channel_context(fake, channel_id)
     check_uploads(call.files, guild.filesize_limit if guild else DEFAULT_FILESIZE_LIMIT)
+    await unarchive_for_post(fake, channel_id)
     message = new_message(channel_id=channel_id, author_id=fake.bot_user.id, via="channel",
                           guild_id=guild.id if guild else None)
     message.apply(call.body or {}, call.files)
@@ -249,13 +299,16 @@ async def get_channel_message(fake: FakeDiscord, call: Call) -> Reply:
 async def edit_channel_message(fake: FakeDiscord, call: Call) -> Reply:
     message = _channel_message(fake, call)
     guild, _ = _channel_context(fake, message.channel_id)
+    check_writable(fake, message.channel_id)
     check_uploads(call.files, guild.filesize_limit if guild else DEFAULT_FILESIZE_LIMIT)
     await fake.edit_message(message, call.body or {}, call.files)
     return Reply(body=fake.message_payload(message))
 
 
 async def delete_channel_message(fake: FakeDiscord, call: Call) -> Reply:
-    await fake.delete_message(_channel_message(fake, call))
+    message = _channel_message(fake, call)
+    check_writable(fake, message.channel_id)
+    await fake.delete_message(message)
     return Reply(status=204)
 
 
