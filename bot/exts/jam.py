@@ -100,7 +100,7 @@ class JamCog(commands.Cog, name="Jam"):
             if not waits:
                 await interaction.response.defer(thinking=True)
                 return None
-            number = len(jam.sections) + len(jam.waiting) + 1
+            number = len(jam.sections) + len(jam.waiting)  # this one is in the jam already
             await interaction.response.send_message(
                 f"⏳ Section {number} ({safe(prompt, 80)}) waits for section {number - 1}; it starts when that one is "
                 f"posted, in <#{jam.thread_id}>.", allowed_mentions=discord.AllowedMentions.none())

@@ -114,8 +114,12 @@ class JamService:
         async with self.locked(jam) as jam:
             check_add(jam, item.seconds, *caps)
             if jam.waiting:
-                await ready(True)
                 jam.waiting.append(item)
+                try:
+                    await ready(True)
+                except BaseException:
+                    jam.waiting.remove(item)
+                    raise
                 jam.active_at = time.time()
                 await self.keep(jam)
                 return
@@ -203,7 +207,7 @@ class JamService:
             jam.waiting.pop(0)
             jam.active_at = time.time()
             await self.keep(jam)
-            await self.post_track(jam)
+            await self._refresh(jam)
             await self._start_next(jam)
 
     async def _take(self, jam: Jam, item: Waiting, job_id: str) -> None:
@@ -271,6 +275,13 @@ class JamService:
         jam.track_message_id = message.id
         await self.keep(jam)
 
+    async def _refresh(self, jam: Jam) -> None:
+        """:meth:`post_track`, whose failure is logged: the jam goes on (the next post tries again)."""
+        try:
+            await self.post_track(jam)
+        except Exception:
+            log.exception("jam %s: could not update its track message", jam.id)
+
     def thread(self, jam: Jam) -> discord.PartialMessageable:
         return self.bot.get_partial_messageable(jam.thread_id, guild_id=jam.guild_id)
 
@@ -302,7 +313,7 @@ class JamService:
             jam.active_at = time.time()
             await self.keep(jam)
             await self._strike(jam, section, by)
-            await self.post_track(jam)
+            await self._refresh(jam)
             return f"Dropped section {section.number} ({safe(section.prompt, 80)}). The jam is {jam.seconds:.1f} s."
 
     async def _strike(self, jam: Jam, section: Section, by: int) -> None:
