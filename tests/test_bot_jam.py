@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 from bot.jam.store import blob_name
-from generation.backends.base import GenerationTask
+from generation.backends.base import Backend, GenerationTask
+from generation.redis import RedisJobs
+from generation.redis.settings import RedisSettings
 from generation.splice import codes_of
 from tests.bot_harness import World, job_of, running_bot, user_text
 from tests.fakes.discord import FakeInteraction, FakeMessage, FakeUser
 from tests.helpers import FaultyBackend, decode, tiny_backend
+from tests.redis_helpers import serving
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -198,3 +202,26 @@ async def test_without_thread_permission_the_jam_posts_in_the_channel(
             lambda: start.original is not None and "Create Public Threads" in start.original.content)
         await sections_posted(world, world.jam.id, 1)
         assert world.guild.threads_of(world.jam.id) == []
+
+
+async def test_on_redis_a_jam_goes_on_from_another_host(
+    world: World, redis_server: RedisServer, redis_jobs: RedisJobs, tiny_loaded_backend: Backend,
+    tiny_model_dir: Path, tmp_path: Path,
+) -> None:
+    """Scaled out, the jam lives in Redis: a bot on another host (a fresh data dir, the same name) takes it over."""
+    settings = RedisSettings(url=redis_server.url, bot_name="bot-a", heartbeat=0.2,  # type: ignore[call-arg]
+                             reclaim_after=2.0)
+    async with serving(redis_jobs, tiny_loaded_backend, tiny_model_dir):
+        async with running_bot(world.fake, tiny_model_dir, tmp_path / "host-1", redis=settings):
+            await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+            await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+            thread = thread_of(world)
+            await jam(world, "add", world.bob, thread, prompt="two", seconds=SECONDS)
+            await sections_posted(world, thread.id, 2)
+        async with running_bot(world.fake, tiny_model_dir, tmp_path / "host-2", redis=settings):
+            await jam(world, "add", world.mod, thread, prompt="three", seconds=SECONDS)
+            message = await sections_posted(world, thread.id, 3)
+    assert authors(message) == [world.alice.id, world.bob.id, world.mod.id]
+    assert seconds_of(message) == pytest.approx(3 * SECONDS, abs=0.1)
+    tracks = [m for m in world.fake.messages if m.channel_id == thread.id and m.content.startswith("🎶 The whole")]
+    assert len(tracks) == 1  # one track message, edited in place by both hosts
