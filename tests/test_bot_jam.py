@@ -18,8 +18,9 @@ from generation.backends.base import Backend, GenerationTask
 from generation.redis import RedisJobs
 from generation.redis.settings import RedisSettings
 from generation.splice import codes_of
+from tests import audio_files
 from tests.bot_harness import World, job_of, running_bot, user_text
-from tests.fakes.discord import FakeInteraction, FakeMessage, FakeUser
+from tests.fakes.discord import FakeAttachment, FakeInteraction, FakeMessage, FakeUser
 from tests.helpers import FaultyBackend, decode, tiny_backend
 from tests.redis_helpers import serving
 from tests.redis_server import RedisServer
@@ -225,3 +226,22 @@ async def test_on_redis_a_jam_goes_on_from_another_host(
     assert seconds_of(message) == pytest.approx(3 * SECONDS, abs=0.1)
     tracks = [m for m in world.fake.messages if m.channel_id == thread.id and m.content.startswith("🎶 The whole")]
     assert len(tracks) == 1  # one track message, edited in place by both hosts
+
+
+async def test_a_jam_starts_from_an_uploaded_file(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The first section continues the upload's last 10 s (heard at its start); the next continues the jam."""
+    upload = FakeAttachment("loop.ogg", None, audio_files.tone(".ogg", 12.0))
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        start = await jam(world, "start", world.alice, world.jam, prompt="over the loop", seconds=SECONDS,
+                          audio=upload)
+        assert (await start.wait_callback()).type == 5
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        first = await sections_posted(world, thread.id, 1)
+        assert seconds_of(first) == pytest.approx(10 + SECONDS, abs=0.1)
+        await jam(world, "add", world.bob, thread, prompt="and on", seconds=SECONDS)
+        second = await sections_posted(world, thread.id, 2)
+        assert seconds_of(second) == pytest.approx(10 + 2 * SECONDS, abs=0.1)
+        bad = await jam(world, "start", world.bob, world.other, prompt="x", audio=FakeAttachment(
+            "notes.txt", "text/plain", b"la la la"))
+        assert "audio file" in await refused(bad, world)

@@ -12,17 +12,20 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import uploads
 from bot.checks import allowed_here, is_moderator
 from bot.errors import UserError
+from bot.exts.generate import MODES
 from bot.jam import render
 from bot.jam.model import Jam, Waiting, check_may_change
-from bot.jam.service import JamService, kept_track
+from bot.jam.service import JamService, Ready, kept_track
 from bot.jam.store import JamStore, RedisJams
 from bot.journal import JobRecord
 from bot.options import cap_option
 from bot.reply import Reply
 from bot.store import GuildSettings
 from bot.ui.text import safe
+from generation.audio_in import Mode
 from generation.jobs import PROMPT_MAX_CHARS
 from generation.redis.remote import RemoteEngine
 from generation.settings import MAX_DURATION_CAP
@@ -64,24 +67,49 @@ class JamCog(commands.Cog, name="Jam"):
     # -- commands --------------------------------------------------------------------------------------
     @jam.command(name="start", description="Open a jam here: a thread where members add sections in turns")
     @app_commands.describe(prompt="The first section's music", title="The jam's name (default: the prompt)",
-                           seconds="The first section's length", model="Which MusicGen model (kept for the whole jam)")
+                           seconds="The first section's length", model="Which MusicGen model (kept for the whole jam)",
+                           audio="An audio file (mp3, ogg, wav, flac, m4a) the first section continues, or whose "
+                                 "melody it follows", mode="What to do with the audio file (default: continue it)")
+    @app_commands.choices(mode=MODES)
     async def start(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
         title: app_commands.Range[str, 1, 90] | None = None,
         seconds: app_commands.Range[int, 1, int(MAX_DURATION_CAP)] = 8, model: str | None = None,
+        audio: discord.Attachment | None = None, mode: app_commands.Choice[str] | None = None,
     ) -> None:
         guild = self._checked(interaction)
         self._jam_free(interaction)
-        jam = self._new_jam(interaction, guild, title or prompt, self._model(model))
+        if mode is not None and audio is None:
+            raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
+        how = Mode(mode.value) if mode is not None else Mode.CONTINUE
+        jam = self._new_jam(interaction, guild, title or prompt, self._model(model, how))
         item = self._waiting(interaction, prompt, seconds, guild)
+        if audio is None:
+            await self.service.begin(jam, item, Reply.of(interaction), self._opener(interaction, jam, defer=True))
+            return
+        limits = uploads.limits_of(self.bot.settings)
+        uploads.check(audio, limits)
+        await interaction.response.defer(thinking=True)
+        try:
+            folder = uploads.uploads_dir(self.bot.engine.settings.data_dir)
+            prepared = await uploads.fetch(audio, how, jam.model, folder, limits)
+            item.inputs = uploads.input_fields(prepared, seconds)
+            await self.service.begin(jam, item, Reply.of(interaction), self._opener(interaction, jam, defer=False))
+        except Exception as exc:
+            await uploads.refuse_deferred(interaction, exc)
+
+    def _opener(self, interaction: discord.Interaction, jam: Jam, defer: bool) -> Ready:
+        """What /jam start does once its first section is admitted: open the thread (deferring first, unless the
+        upload's download did), and say where in the section's status message."""
 
         async def ready(_: bool) -> str:
-            await interaction.response.defer(thinking=True)
+            if defer:
+                await interaction.response.defer(thinking=True)
             jam.thread_id, note = await self._open_thread(interaction, jam.title)
             where = f"<#{jam.thread_id}>" if jam.thread_id != jam.channel_id else "this channel"
             return f"🎶 Jam **{safe(jam.title, 80)}** opened in {where}.{note} Add sections there with `/jam add`."
 
-        await self.service.begin(jam, item, Reply.of(interaction), ready)
+        return ready
 
     @jam.command(name="add", description="Queue the jam's next section: it continues the track so far")
     @app_commands.describe(prompt="This section's music", seconds="Seconds it adds")
@@ -180,11 +208,11 @@ class JamCog(commands.Cog, name="Jam"):
         if jam is not None:
             raise UserError(f"A jam is already on here, in <#{jam.thread_id}>: join it with `/jam add` there.")
 
-    def _model(self, name: str | None) -> str:
+    def _model(self, name: str | None, mode: Mode) -> str:
         generate = self.bot.get_cog("Generate")
         if generate is None:
             raise UserError("jamgen is starting up; try again in a moment.")
-        return str(generate.model_for(name))  # type: ignore[attr-defined]
+        return str(generate.model_for(name, mode))  # type: ignore[attr-defined]
 
     def _new_jam(self, interaction: discord.Interaction, guild: GuildSettings, title: str, model: str) -> Jam:
         assert interaction.guild_id is not None

@@ -37,6 +37,7 @@ class Waiting(BaseModel):
     role_ids: list[int] = Field(default_factory=list)  # for the server's exempt role, when it starts
     prompt: str
     seconds: float
+    inputs: dict[str, str | float] = Field(default_factory=dict)  # an upload's request fields (a first section)
     job_id: str | None = None
     context_frames: int = 0  # of the jam's tail it continues (set when it starts)
     application_id: int | None = None  # the /jam add interaction: its status message is kept up to date

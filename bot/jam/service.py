@@ -175,11 +175,9 @@ class JamService:
             async with aiofiles.open(path, "wb") as out:
                 await out.write(codes_bytes(context))
             fields["continue_codes"] = str(path)
-        return JobRequest.create(
-            max_duration=self.bot.pipeline.duration_cap, prompt=item.prompt, duration=item.seconds, model=jam.model,
-            format=jam.format, max_file_bytes=jam.max_file_bytes, owner=str(item.author_id), keep_codes=True,
-            **fields,
-        )
+        fields |= {"prompt": item.prompt, "duration": item.seconds, "model": jam.model, "format": jam.format,
+                   "max_file_bytes": jam.max_file_bytes, "owner": str(item.author_id), "keep_codes": True}
+        return JobRequest.create(max_duration=self.bot.pipeline.duration_cap, **(fields | item.inputs))
 
     def _reply_for(self, jam: Jam, item: Waiting) -> Reply:
         """Where a section that waited posts: the jam's thread; its /jam add message shows progress while the
