@@ -54,8 +54,10 @@ def help_embed(
             "Apps menu on a message with audio: *Continue this track*, *Use as melody*\n"
             "`/queue` — your jobs, their positions and ETAs\n"
             "`/cancel [job]` — cancel your queued or running job\n"
+            "`/jam start|add|undo|export|end` — a shared track, built in turns in a thread\n"
             "`/jamgen settings …` — server settings (Manage Server)\n"
-            "Buttons under a result: 🔁 regenerate (new seed), 🎲 variations (3 at once), ⏩ extend (continue the clip)"
+            "Buttons under a result: 🔁 regenerate (new seed), 🎲 variations (3 at once), "
+            "⏩ extend (continue the clip), 🎶 start a jam from it"
         ),
         inline=False,
     )
