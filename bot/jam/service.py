@@ -197,7 +197,11 @@ class JamService:
             if running is None or running.job_id != job_id:
                 return  # taken already (a restart), or dropped by /jam end
             if state is State.DELIVERED:
-                await self._take(jam, running, job_id)
+                try:
+                    await self._take(jam, running, job_id)
+                except Exception as exc:  # the jam goes on without it: its author is told why
+                    await self._say(jam, f"<@{running.author_id}> your section ({safe(running.prompt, 80)}) was "
+                                         f"posted but could not join the jam: {user_message(exc)}", running.author_id)
             else:
                 await self._say(jam, f"<@{running.author_id}> your section ({safe(running.prompt, 80)}) was "
                                      f"{state.value}; the jam goes on from section {len(jam.sections)}.",
