@@ -28,11 +28,11 @@ DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 # Three base64url parts joined by dots: the bot's id, a timestamp and an HMAC.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{18,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
-# What the bot needs in a channel: read it, post tracks (a file and an embed) in it and its threads, and read
-# recent messages (to check, after a crash, whether a track was already posted).
+# What the bot needs in a channel: read it, post tracks (a file and an embed) in it and its threads, open a
+# thread for a jam, and read recent messages (to check, after a crash, whether a track was already posted).
 INVITE_PERMISSIONS = discord.Permissions(
-    view_channel=True, send_messages=True, send_messages_in_threads=True, embed_links=True, attach_files=True,
-    read_message_history=True,
+    view_channel=True, send_messages=True, create_public_threads=True, send_messages_in_threads=True,
+    embed_links=True, attach_files=True, read_message_history=True,
 )
 
 TOKEN_HELP = """\
@@ -46,8 +46,8 @@ To make a bot and get its token:
   4. Invite the bot: under "OAuth2" > "URL Generator", tick the scopes
        bot  applications.commands
      and the bot permissions
-       View Channels, Send Messages, Send Messages in Threads, Embed Links, Attach Files,
-       Read Message History
+       View Channels, Send Messages, Create Public Threads, Send Messages in Threads,
+       Embed Links, Attach Files, Read Message History
      (permissions integer {permissions}), then open the generated URL and pick your server.
   5. Optional, for instant command updates while testing: DISCORD_TEST_GUILD_ID=<your server id>.
 """

@@ -21,6 +21,7 @@ from bot.jam.store import SCHEMA as JAM_SCHEMA
 from bot.jam.store import JamStore, SqliteJams
 from bot.journal import SCHEMA as JOURNAL_SCHEMA
 from bot.journal import Journal, migrate
+from bot.sqlite import write
 from generation.jobs import OutputFormat
 from generation.settings import MAX_DURATION_CAP
 
@@ -147,10 +148,4 @@ class Store:
         )
 
     async def _write(self, statement: str, params: tuple[Any, ...]) -> None:
-        async with self._lock:
-            try:
-                await self.db.execute(statement, params)
-            except BaseException:
-                await self.db.rollback()
-                raise
-            await self.db.commit()
+        await write(self.db, self._lock, statement, params)

@@ -15,6 +15,7 @@ import aiosqlite
 from redis.asyncio import Redis
 
 from bot.jam.model import Jam, JamState
+from bot.sqlite import write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jams (
@@ -87,13 +88,7 @@ class SqliteJams:
         return len(ids)
 
     async def _write(self, statement: str, params: tuple[object, ...]) -> None:
-        async with self._lock:
-            try:
-                await self._db.execute(statement, params)
-            except BaseException:
-                await self._db.rollback()
-                raise
-            await self._db.commit()
+        await write(self._db, self._lock, statement, params)
 
     async def _fetch(self, query: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         async with self._lock, self._db.execute(query, params) as rows:
