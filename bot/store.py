@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from bot.journal import SCHEMA as JOURNAL_SCHEMA
-from bot.journal import Journal
+from bot.journal import Journal, migrate
 from generation.jobs import OutputFormat
 from generation.settings import MAX_DURATION_CAP
 
@@ -75,6 +75,7 @@ class Store:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         await self._db.executescript(SCHEMA + JOURNAL_SCHEMA)
+        await migrate(self._db)
         await self._db.commit()
         self.journal = Journal(self._db, self._lock)
         async with self._db.execute("SELECT guild_id, data FROM guild_settings") as rows:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bot.reply import Reply
 from bot.ui.text import format_seconds, progress_bar, safe, starts_in
 from generation.events import JobHandle
+
+if TYPE_CHECKING:
+    from bot.takes import Takes
 
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
@@ -27,6 +31,7 @@ class Ticket:
     handles: list[JobHandle] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)  # job id -> its status line
     created_at: float = field(default_factory=time.monotonic)
+    takes: Takes | None = None  # /generate variants: its jobs are takes, posted together (bot/takes.py)
 
     @property
     def user_id(self) -> int:
@@ -66,6 +71,9 @@ def title_for(kind: str, prompt: str, duration: float, count: int = 1, source: s
         return f"⏩ continuing **{safe(source, 80)}**: **{what}** · +{duration:g} s"
     if kind == "melody":
         return f"🎼 **{what}** · {duration:g} s, on the melody of **{safe(source, 80)}**"
+    if kind == "takes":
+        on = f", from **{safe(source, 80)}**" if source else ""
+        return f"🎚️ {count} takes of **{what}** · {duration:g} s{on}"
     if kind == "vary":
         return f"🎲 {count} variations of **{what}** · {duration:g} s"
     if kind == "extend":

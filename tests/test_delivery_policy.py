@@ -174,7 +174,7 @@ async def test_the_picture_is_the_second_file_and_the_card_shows_it() -> None:
     assert audio_file.filename == "x.opus" and audio_file.fp.read() == plain.audio.data
     assert picture_file.filename == "waveform.png" and picture_file.fp.read() == png
     assert all(isinstance(file, SentOnce) for file in kwargs["files"])
-    assert kwargs["embed"].image.url == "attachment://waveform.png"
+    assert kwargs["embeds"][0].image.url == "attachment://waveform.png"
     assert plain.embed.image.url is None  # the post's own card is left alone
 
 
@@ -183,18 +183,18 @@ async def test_a_post_without_a_picture_has_no_image() -> None:
     reply.webhook.send.return_value = message(1)
     await deliver(reply, post())
     kwargs = reply.webhook.send.await_args.kwargs
-    assert len(kwargs["files"]) == 1 and kwargs["embed"].image.url is None
+    assert len(kwargs["files"]) == 1 and kwargs["embeds"][0].image.url is None
 
 
 async def test_a_413_drops_the_picture_before_giving_up_on_the_track() -> None:
     reply: Any = spec_reply()
     uploads: list[int] = []
 
-    async def send(*args: Any, files: list[discord.File], embed: discord.Embed, **kwargs: Any) -> Any:
+    async def send(*args: Any, files: list[discord.File], embeds: list[discord.Embed], **kwargs: Any) -> Any:
         uploads.append(len(files))
         if len(files) > 1:  # this channel only ever takes the audio
             raise http_error(413, 40005, "Request entity too large")
-        assert embed.image.url is None
+        assert embeds[0].image.url is None
         return message(1)
 
     reply.webhook.send.side_effect = send
