@@ -101,7 +101,8 @@ def headline(takes: Takes, held: Sequence[Take]) -> str:
     ready = f"your {len(held)} takes are ready" if len(held) > 1 else "your take is ready"
     if missing:
         names = ", ".join(str(number) for number in missing)
-        ready += f" (take {names} did not make it: see the status message)"
+        which = f"take {names} did" if len(missing) == 1 else f"takes {names} did"
+        ready += f" ({which} not make it: see the status message)"
     return f"{ready}. Press a number to pick your favourite."
 
 

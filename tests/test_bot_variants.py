@@ -10,8 +10,9 @@ import numpy as np
 
 from bot.journal import SCHEMA, State
 from bot.store import Store
+from tests.audio_files import tone
 from tests.bot_harness import World, journal_of, posts_of, running_bot, state_reached
-from tests.fakes.discord import FakeMessage
+from tests.fakes.discord import FakeAttachment, FakeMessage
 from tests.helpers import FaultyBackend, decode, tiny_backend
 
 EPHEMERAL = 64
@@ -204,3 +205,21 @@ async def test_an_older_journal_file_opens_with_the_new_columns(tmp_path: Path) 
     reopened = Store(path)
     await reopened.open()  # the columns are there now: nothing to add twice
     await reopened.close()
+
+
+async def test_takes_of_an_upload_each_continue_the_same_part(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    upload = FakeAttachment("song.mp3", "audio/mpeg", tone(".mp3", 6.0, channels=1))
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        interaction = await world.generate(prompt="funk bass", duration=2, format="wav", audio=upload, variants=2)
+        (post,) = await world.result_of(interaction)
+    assert "2 takes of **funk bass** · 2 s, from **song.mp3**" in interaction.original.content
+    notes = [next(f["value"] for f in embed["fields"] if f["name"] == "Audio in") for embed in post.embeds]
+    assert notes == ["continues the last 6 s of song.mp3 (0:00–0:06)"] * 2
+    (_, first), (_, second) = audio_files(post)
+    one, two = decode(first), decode(second)
+    assert abs(one.duration - 8.0) < 0.05 and abs(two.duration - 8.0) < 0.05  # the part it heard, then 2 s more
+    assert np.allclose(one.samples[:, : 5 * one.sample_rate], two.samples[:, : 5 * two.sample_rate], atol=1e-3)
+    assert not np.allclose(one.samples[:, -one.sample_rate:], two.samples[:, -two.sample_rate:], atol=1e-3)
+    assert world.fake.downloads == [upload.id]  # one upload, fetched once for both takes
