@@ -221,3 +221,44 @@ async def test_a_picture_that_does_not_fit_beside_the_audio_is_left_out() -> Non
     room = len(audio.data) + len(png)
     assert await delivery.picture_for(JOB, audio, room) == png
     assert await delivery.picture_for(JOB, audio, room - 1) is None
+
+
+# -- several tracks in one post (a ticket's takes) ------------------------------------------------------------------
+
+
+def takes_post() -> Post:
+    """Two tracks, each with its card and picture, in one post."""
+    first = post()
+    tracks = [delivery.Track(f"j{n}", first.audio, f"take-{n}.opus", discord.Embed(title=f"Take {n}")) for n in (1, 2)]
+    return Post.of(7, tracks, discord.ui.View(timeout=None), "your 2 takes are ready")
+
+
+async def test_several_tracks_go_in_one_message_each_card_showing_its_picture() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.return_value = message(1)
+    plain = takes_post()
+    png = await delivery.picture_for(JOB, plain.audio, None)
+    with_pictures = Post.of(7, [dataclasses.replace(t, picture=png) for t in plain.tracks], plain.view, "ready")
+    await deliver(reply, with_pictures)
+    kwargs = reply.webhook.send.await_args.kwargs
+    assert [f.filename for f in kwargs["files"]] == ["take-1.opus", "take-2.opus", "waveform-1.png", "waveform-2.png"]
+    assert [e.image.url for e in kwargs["embeds"]] == ["attachment://waveform-1.png", "attachment://waveform-2.png"]
+    assert [e.title for e in kwargs["embeds"]] == ["Take 1", "Take 2"]
+    assert reply.webhook.send.await_args.args[0] == "<@7> ready"
+
+
+async def test_a_413_on_several_tracks_shrinks_every_one() -> None:
+    reply: Any = spec_reply()
+    totals: list[int] = []
+    original = takes_post()
+
+    async def send(*args: Any, files: list[discord.File], **kwargs: Any) -> Any:
+        totals.append(sum(len(file.fp.read()) for file in files))
+        if totals[-1] > len(original.audio.data):  # the two together must fit where one did
+            raise http_error(413, 40005, "Request entity too large")
+        return message(1)
+
+    reply.webhook.send.side_effect = send
+    assert (await deliver(reply, original)).message_id == 1
+    assert totals[0] == 2 * len(original.audio.data) and totals[-1] <= len(original.audio.data)
+    assert len(reply.webhook.send.await_args.kwargs["files"]) == 2  # no take left out
