@@ -3,6 +3,7 @@ favourite; through the fake Discord, on the tiny model."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from bot.journal import SCHEMA, State
 from bot.store import Store
 from tests.audio_files import tone
-from tests.bot_harness import World, journal_of, posts_of, running_bot, state_reached
+from tests.bot_harness import World, gated, journal_of, posts_of, running_bot, state_reached
 from tests.fakes.discord import FakeAttachment, FakeMessage
 from tests.helpers import FaultyBackend, decode, tiny_backend
 
@@ -223,3 +224,28 @@ async def test_takes_of_an_upload_each_continue_the_same_part(
     assert np.allclose(one.samples[:, : 5 * one.sample_rate], two.samples[:, : 5 * two.sample_rate], atol=1e-3)
     assert not np.allclose(one.samples[:, -one.sample_rate:], two.samples[:, -two.sample_rate:], atol=1e-3)
     assert world.fake.downloads == [upload.id]  # one upload, fetched once for both takes
+
+
+async def test_a_stop_between_takes_keeps_the_made_ones_for_one_post_after_the_restart(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    gate, backend = gated(tiny_model_dir)
+    async with running_bot(
+        world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend, engine={"max_batch": 1},
+        shutdown_grace=30,
+    ) as bot:
+        interaction = await world.generate(prompt="halves", seed=3, variants=2)
+        await world.fake.wait_for(lambda: len(backend.batches) == 1)  # take 1 at the gate, take 2 queued
+        closing = asyncio.create_task(bot.close())
+        await world.fake.wait_for(lambda: "keeps its place" in interaction.original.content)
+        gate.open()  # take 1 finishes within the grace; take 2 waits for the next start
+        await closing
+    assert not [m for m in world.fake.messages if m.attachments]  # not posted without its other take
+    async with journal_of(tmp_path) as store:
+        one, two = await store.journal.takes_of((await store.journal.unfinished())[0].ticket_id)
+    assert (one.state, two.state) == (State.DELIVERING, State.QUEUED) and one.audio_path is not None
+
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        (post,) = await world.result_of(interaction)
+    assert jobs_of(post) == [one.job_id, two.job_id] and seeds_of(post) == ["`3`", "`4`"]
+    assert len([m for m in world.fake.messages if m.attachments]) == 1
