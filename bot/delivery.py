@@ -21,7 +21,7 @@ import dataclasses
 import io
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ SHRINK_FACTOR = 0.6
 HISTORY_LIMIT = 100  # recent channel messages searched for a card that may have been posted already
 _SLUG = re.compile(r"[^a-z0-9]+")
 
-Send = Callable[[list[discord.File], discord.Embed], Awaitable[discord.Message]]
+Send = Callable[[list[discord.File], list[discord.Embed]], Awaitable[discord.Message]]
 Find = Callable[[], Awaitable[discord.Message | None]]
 
 
@@ -70,8 +70,20 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Track:
+    """One audio file of a post, with its card and waveform picture."""
+
+    job_id: str
+    audio: EncodedAudio
+    filename: str
+    embed: discord.Embed
+    picture: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Post:
-    """A track's post: the same for a follow-up and a channel message."""
+    """A track's post: the same for a follow-up and a channel message. ``more``: further tracks posted in the same
+    message (a ticket's takes, :mod:`bot.takes`), each file and card after the first one's."""
 
     job_id: str  # the card's footer says ``job <id>``: how a post that may exist is found
     user_id: int
@@ -81,11 +93,22 @@ class Post:
     view: discord.ui.View
     note: str = ""
     picture: bytes | None = None  # the waveform PNG, shown in the card; None: posted without one
-    what: str = "track"  # "section": a jam's
+    more: tuple[Track, ...] = ()
+    headline: str = "your track is ready"
+
+    @classmethod
+    def of(cls, user_id: int, tracks: Sequence[Track], view: discord.ui.View, headline: str) -> Post:
+        first, *rest = tracks
+        return cls(first.job_id, user_id, first.audio, first.filename, first.embed, view, picture=first.picture,
+                   more=tuple(rest), headline=headline)
+
+    @property
+    def tracks(self) -> tuple[Track, ...]:
+        return (Track(self.job_id, self.audio, self.filename, self.embed, self.picture), *self.more)
 
     @property
     def content(self) -> str:
-        return f"<@{self.user_id}> your {self.what} is ready{self.note}"
+        return f"<@{self.user_id}> {self.headline}{self.note}"
 
     @property
     def mentions(self) -> discord.AllowedMentions:
@@ -178,7 +201,7 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
 
     if reply.followups and reply.token_usable():
         try:
-            message = await _with_retries(post, lambda files, embed: _followup(reply, post, files, embed),
+            message = await _with_retries(post, lambda files, embeds: _followup(reply, post, files, embeds),
                                           reply.token_usable, find)
             return Delivery(message.id, "followup")
         except (discord.HTTPException, ResendStopped) as exc:
@@ -191,41 +214,58 @@ async def deliver(reply: Reply, post: Post) -> Delivery:
     late = " (the reply window had closed, so it is posted here)"
     channel_post = dataclasses.replace(post, note=late) if reply.followups else post
     message = await _with_retries(
-        channel_post, lambda files, embed: _to_channel(reply, channel_post, files, embed), lambda: True, find
+        channel_post, lambda files, embeds: _to_channel(reply, channel_post, files, embeds), lambda: True, find
     )
     return Delivery(message.id, "channel")
 
 
-async def _followup(reply: Reply, post: Post, files: list[discord.File], embed: discord.Embed) -> discord.Message:
+async def _followup(
+    reply: Reply, post: Post, files: list[discord.File], embeds: list[discord.Embed]
+) -> discord.Message:
     return await reply.webhook.send(
-        post.content, files=files, embed=embed, view=post.view, allowed_mentions=post.mentions, wait=True
+        post.content, files=files, embeds=embeds, view=post.view, allowed_mentions=post.mentions, wait=True
     )
 
 
-async def _to_channel(reply: Reply, post: Post, files: list[discord.File], embed: discord.Embed) -> discord.Message:
+async def _to_channel(
+    reply: Reply, post: Post, files: list[discord.File], embeds: list[discord.Embed]
+) -> discord.Message:
     return await reply.channel.send(
-        post.content, files=files, embed=embed, view=post.view, allowed_mentions=post.mentions
+        post.content, files=files, embeds=embeds, view=post.view, allowed_mentions=post.mentions
     )
 
 
-def _upload(post: Post, audio: EncodedAudio, picture: bytes | None) -> tuple[list[discord.File], discord.Embed]:
-    """The files (the audio first, then the picture when there is one) and the card showing that picture."""
-    files: list[discord.File] = [SentOnce(io.BytesIO(audio.data), _renamed(post.filename, audio))]
-    if picture is None:
-        return files, post.embed
-    files.append(SentOnce(io.BytesIO(picture), waveform.FILENAME))
-    return files, post.embed.copy().set_image(url=f"attachment://{waveform.FILENAME}")
+def _upload(
+    post: Post, audios: list[EncodedAudio], pictures: list[bytes | None]
+) -> tuple[list[discord.File], list[discord.Embed]]:
+    """The files (every track's audio first, then the pictures there are) and the cards, each showing its
+    track's picture."""
+    tracks = post.tracks
+    files: list[discord.File] = [
+        SentOnce(io.BytesIO(audio.data), _renamed(track.filename, audio))
+        for track, audio in zip(tracks, audios, strict=True)
+    ]
+    embeds: list[discord.Embed] = []
+    for number, (track, picture) in enumerate(zip(tracks, pictures, strict=True), start=1):
+        if picture is None:
+            embeds.append(track.embed)
+            continue
+        name = waveform.FILENAME if len(tracks) == 1 else f"waveform-{number}.png"
+        files.append(SentOnce(io.BytesIO(picture), name))
+        embeds.append(track.embed.copy().set_image(url=f"attachment://{name}"))
+    return files, embeds
 
 
 async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool], find: Find) -> discord.Message:
     """Send, retrying server errors with backoff and re-encoding smaller after a 413; after a 5xx or a 429, the
     channel is searched for the card before the next try (a 5xx may come back for a post that was made). When the
-    audio cannot shrink any more, the picture is left out before giving up."""
-    audio, picture = post.audio, post.picture
+    audio cannot shrink any more, the pictures are left out before giving up."""
+    audios = [track.audio for track in post.tracks]
+    pictures = [track.picture for track in post.tracks]
     delays = iter(RETRY_DELAYS)
     while True:
         try:
-            return await send(*_upload(post, audio, picture))
+            return await send(*_upload(post, audios, pictures))
         except ResendStopped:
             if next(delays, None) is None or not still_ok():  # no sleep: discord.py has waited already
                 raise
@@ -233,12 +273,12 @@ async def _with_retries(post: Post, send: Send, still_ok: Callable[[], bool], fi
         except discord.HTTPException as exc:
             if too_large(exc):
                 try:
-                    audio = await _smaller(audio)
+                    audios = [await _smaller(audio) for audio in audios]
                 except EncodeError:
-                    if picture is None:
+                    if all(picture is None for picture in pictures):
                         raise
-                    log.info("job %s: the audio cannot shrink further; sending it without its picture", post.job_id)
-                    picture = None
+                    log.info("job %s: the audio cannot shrink further; sending it without pictures", post.job_id)
+                    pictures = [None for _ in pictures]
                 continue
             delay = next(delays, None) if retryable(exc) else None
             if delay is None or not still_ok():

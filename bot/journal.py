@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     interaction_at REAL,
     status_message_id INTEGER,
     message_id INTEGER,
-    jam_id TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -74,13 +73,18 @@ CREATE TABLE IF NOT EXISTS job_events (
 );
 CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events (job_id, at);
 """
+# Columns added after the first release: an existing file gets them on open (:func:`migrate`), a new one too.
+ADDED_COLUMNS = {
+    "take": "INTEGER",  # the job's number among its ticket's takes (/generate variants); NULL for other jobs
+    "favourite": "INTEGER NOT NULL DEFAULT 0",  # 1: the take its requester marked as the favourite
+    "jam_id": "TEXT",  # a jam's section (bot/jam/): posted in the jam's thread
+}
 
 COLUMNS = (
     "job_id", "ticket_id", "guild_id", "channel_id", "user_id", "request", "title", "state", "reason", "attempts",
-    "audio_path", "application_id", "token", "interaction_at", "status_message_id", "message_id", "jam_id",
-    "created_at",
+    "audio_path", "application_id", "token", "interaction_at", "status_message_id", "message_id", "created_at",
+    *ADDED_COLUMNS,
 )
-ADDED_COLUMNS = {"jam_id": "TEXT"}  # columns newer than the first schema: added to an older file when it opens
 
 
 class JobRecord(BaseModel):
@@ -106,15 +110,17 @@ class JobRecord(BaseModel):
     message_id: int | None = None  # the post that delivered it
     jam_id: str | None = None  # a jam's section (:mod:`bot.jam`): posted in the jam's thread
     created_at: float
+    take: int | None = None  # its number among the ticket's takes (bot/takes.py); None: not a take
+    favourite: bool = False
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Add the columns an older journal lacks (``CREATE TABLE IF NOT EXISTS`` keeps an old table as it was)."""
+    """Add the columns an older journal file lacks (SQLite keeps existing rows; new columns get their default)."""
     async with db.execute("PRAGMA table_info(jobs)") as rows:
         present = {str(row[1]) for row in await rows.fetchall()}
-    for name, kind in ADDED_COLUMNS.items():
+    for name, declaration in ADDED_COLUMNS.items():
         if name not in present:
-            await db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            await db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
 
 class Journal:
@@ -162,6 +168,17 @@ class Journal:
     async def set_status_message(self, ticket_id: str, message_id: int) -> None:
         async with self._transaction() as db:
             await db.execute("UPDATE jobs SET status_message_id = ? WHERE ticket_id = ?", (message_id, ticket_id))
+
+    async def set_favourite(self, ticket_id: str, job_id: str) -> None:
+        """Mark ``job_id`` as its ticket's favourite take, and none of the other takes."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET favourite = (job_id = ?) WHERE ticket_id = ? AND take IS NOT NULL", (job_id, ticket_id)
+            )
+
+    async def takes_of(self, ticket_id: str) -> list[JobRecord]:
+        """The ticket's takes, by number."""
+        return await self._select("WHERE ticket_id = ? AND take IS NOT NULL ORDER BY take", (ticket_id,))
 
     async def count_attempt(self, job_id: str) -> int:
         async with self._transaction() as db:

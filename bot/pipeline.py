@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.delivery import Post, deliver, file_name, find_post, picture_for, save_audio
+from bot.delivery import Delivery, Post, deliver, file_name, find_post, picture_for, save_audio
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
 from bot.recovery import kept_audio, reply_of, timing_of
 from bot.reply import Reply
 from bot.settings import BotSettings
 from bot.store import GuildSettings, Store
+from bot.takes import READY, Takes, post_takes
 from bot.throttle import ThrottledEditor
 from bot.tickets import Ticket, Timing, ended_line, queued_line, running_line
 from bot.ui.embeds import result_embed
@@ -121,7 +122,7 @@ class Pipeline:
 
     async def admit(
         self, asker: Asker, requests: Sequence[JobRequest], title: str, where: discord.Interaction | Reply,
-        jam_id: str | None = None,
+        jam_id: str | None = None, takes: Takes | None = None,
     ) -> Ticket:
         """Check every limit (before the deferral: a refusal is instant) and reserve a ticket. ``where``: the
         interaction that asked, or a reply made for it (a jam's section, posted in the jam's thread).
@@ -135,7 +136,8 @@ class Pipeline:
         exempt = guild.exempt_role_id is not None and guild.exempt_role_id in asker.role_ids
         key, limits = f"{asker.guild_id}:{asker.user_id}", self.limits(guild)
         reply = Reply.of(where) if isinstance(where, discord.Interaction) else where
-        ticket = Ticket(reply, title, reserved=len(requests), tokens=rate_tokens(requests, limits), jam_id=jam_id)
+        ticket = Ticket(reply, title, reserved=len(requests), tokens=rate_tokens(requests, limits), jam_id=jam_id,
+                        takes=takes)
         ticket.job_ids = [secrets.token_hex(6) for _ in requests]
         ticket.note = self._long_track_note(requests, ticket.tokens)
         if isinstance(self.engine, RemoteEngine):
@@ -198,6 +200,7 @@ class Pipeline:
             job_id=job_id, ticket_id=ticket.id, guild_id=reply.guild_id, channel_id=reply.channel_id,
             user_id=reply.user_id, request=request, title=ticket.title, application_id=reply.application_id,
             token=reply.token, interaction_at=reply.interaction_at, created_at=time.time(), jam_id=ticket.jam_id,
+            take=None if ticket.takes is None else ticket.takes.number_of(job_id),
         )
 
     async def _run(self, ticket: Ticket, kept: Sequence[JobRecord]) -> None:
@@ -215,6 +218,7 @@ class Pipeline:
                     *(self._guard(ticket, record.job_id, status, self._redeliver(ticket, record, status))
                       for record in kept),
                 )
+                await post_takes(self, ticket, status)  # a ticket of takes posts them once all have ended
                 status.close()
         finally:
             self.release(ticket)
@@ -290,23 +294,48 @@ class Pipeline:
         ticket.set_line(job_id, "📤 uploading")
         path = await save_audio(self.audio_dir, job_id, audio)
         await self.store.journal.move(job_id, State.DELIVERING, audio_path=str(path))
+        if ticket.takes is not None:  # kept, and posted with the ticket's other takes (bot/takes.py)
+            ticket.takes.hold(job_id, request, audio, timing)
+            ticket.set_line(job_id, READY)
+            return
+        post = await self.card(ticket, job_id, request, audio, timing)
+        await self.posted(ticket, [job_id], await deliver(ticket.reply, post))
+
+    async def card(
+        self, ticket: Ticket, job_id: str, request: JobRequest, audio: EncodedAudio, timing: Timing,
+        title: str | None = None,
+    ) -> Post:
+        """The track's post: its card (``title``: default, the ticket's), waveform and buttons."""
         embed = result_embed(
             request, job_id=job_id, user_id=ticket.user_id, queued_for=timing.queued_for,
             generated_in=timing.generated_in, length=audio.duration,
-            title=ticket.title.split("\n", 1)[0][:256].replace("**", ""),
+            title=(title or ticket.title.split("\n", 1)[0].replace("**", ""))[:256],
         )
         picture = await picture_for(job_id, audio, request.max_file_bytes)
         view = self._view_factory(job_id) if ticket.jam_id is None else discord.ui.View()  # a section: no buttons
-        post = Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed, view,
-                    picture=picture, what="track" if ticket.jam_id is None else "section")
-        done = await deliver(ticket.reply, post)
-        await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
-        await self._ended(ticket, job_id, State.DELIVERED)
-        self._look_first.discard(job_id)
-        self.metrics.ended("done")
-        self.metrics.delivery_seconds.observe(max(0.0, time.time() - ticket.reply.interaction_at))
+        headline = "your track is ready" if ticket.jam_id is None else "your section is ready"
+        return Post(job_id, ticket.user_id, audio, file_name(request.prompt, request.seed, audio), embed, view,
+                    picture=picture, headline=headline)
+
+    async def posted(self, ticket: Ticket, job_ids: Sequence[str], done: Delivery) -> None:
+        """Journal the jobs of a post as delivered (in one message: ``done``), and say so."""
         where = "below" if done.via == "followup" else "in the channel"
-        ticket.set_line(job_id, ended_line("done", f"posted {where}"))
+        for job_id in job_ids:
+            await self.store.journal.move(job_id, State.DELIVERED, message_id=done.message_id)
+            await self._ended(ticket, job_id, State.DELIVERED)
+            self._look_first.discard(job_id)
+            self.metrics.ended("done")
+            self.metrics.delivery_seconds.observe(max(0.0, time.time() - ticket.reply.interaction_at))
+            ticket.set_line(job_id, ended_line("done", f"posted {where}"))
+
+    async def post_alone(self, ticket: Ticket, job_id: str, card: Awaitable[Post], status: ThrottledEditor) -> None:
+        """Post one track's ``card`` (when its takes could not be posted together), unless it is posted already."""
+        async def work() -> None:
+            post = await card
+            if not await self._found_posted(ticket, job_id, "found posted already"):
+                await self.posted(ticket, [job_id], await deliver(ticket.reply, post))
+
+        await self._guard(ticket, job_id, status, work())
 
     async def _redeliver(self, ticket: Ticket, record: JobRecord, status: ThrottledEditor) -> None:
         posted = record.state is State.DELIVERING and await self._found_posted(

@@ -24,6 +24,7 @@ import discord
 
 from bot.journal import JobRecord, State
 from bot.reply import Reply
+from bot.takes import Takes
 from bot.tickets import Ticket, Timing, ended_line
 from generation.encode import EncodedAudio, probe
 from generation.redis.remote import RemoteEngine
@@ -67,6 +68,7 @@ def reply_of(client: discord.Client, record: JobRecord) -> Reply:
 async def _resume(pipeline: Pipeline, records: list[JobRecord]) -> None:
     first = records[0]
     ticket = Ticket(reply_of(pipeline.client, first), first.title, reserved=0, id=first.ticket_id, jam_id=first.jam_id)
+    ticket.takes = Takes.of_records(records)  # takes kept on disk are posted with those still to make
     kept: list[JobRecord] = []
     for record in records:
         if await _is_kept(record.audio_path):

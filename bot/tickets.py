@@ -5,10 +5,14 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bot.reply import Reply
 from bot.ui.text import format_seconds, progress_bar, safe, starts_in
 from generation.events import JobHandle
+
+if TYPE_CHECKING:
+    from bot.takes import Takes
 
 MESSAGE_LIMIT = 2000  # Discord's limit on a message's content
 STATE_ICONS = {"queued": "⏳", "running": "🎛️", "encoding": "🎚️", "done": "✅", "failed": "❌", "cancelled": "🚫"}
@@ -29,6 +33,7 @@ class Ticket:
     created_at: float = field(default_factory=time.monotonic)
     jam_id: str | None = None  # a jam's section: posted in the jam's thread (:mod:`bot.jam`)
     job_ids: list[str] = field(default_factory=list)  # chosen at admission, before the jobs exist
+    takes: Takes | None = None  # /generate variants: its jobs are takes, posted together (bot/takes.py)
 
     @property
     def user_id(self) -> int:
@@ -68,6 +73,9 @@ def title_for(kind: str, prompt: str, duration: float, count: int = 1, source: s
         return f"⏩ continuing **{safe(source, 80)}**: **{what}** · +{duration:g} s"
     if kind == "melody":
         return f"🎼 **{what}** · {duration:g} s, on the melody of **{safe(source, 80)}**"
+    if kind == "takes":
+        on = f", from **{safe(source, 80)}**" if source else ""
+        return f"🎚️ {count} takes of **{what}** · {duration:g} s{on}"
     if kind == "vary":
         return f"🎲 {count} variations of **{what}** · {duration:g} s"
     if kind == "extend":

@@ -174,7 +174,7 @@ async def test_the_picture_is_the_second_file_and_the_card_shows_it() -> None:
     assert audio_file.filename == "x.opus" and audio_file.fp.read() == plain.audio.data
     assert picture_file.filename == "waveform.png" and picture_file.fp.read() == png
     assert all(isinstance(file, SentOnce) for file in kwargs["files"])
-    assert kwargs["embed"].image.url == "attachment://waveform.png"
+    assert kwargs["embeds"][0].image.url == "attachment://waveform.png"
     assert plain.embed.image.url is None  # the post's own card is left alone
 
 
@@ -183,18 +183,18 @@ async def test_a_post_without_a_picture_has_no_image() -> None:
     reply.webhook.send.return_value = message(1)
     await deliver(reply, post())
     kwargs = reply.webhook.send.await_args.kwargs
-    assert len(kwargs["files"]) == 1 and kwargs["embed"].image.url is None
+    assert len(kwargs["files"]) == 1 and kwargs["embeds"][0].image.url is None
 
 
 async def test_a_413_drops_the_picture_before_giving_up_on_the_track() -> None:
     reply: Any = spec_reply()
     uploads: list[int] = []
 
-    async def send(*args: Any, files: list[discord.File], embed: discord.Embed, **kwargs: Any) -> Any:
+    async def send(*args: Any, files: list[discord.File], embeds: list[discord.Embed], **kwargs: Any) -> Any:
         uploads.append(len(files))
         if len(files) > 1:  # this channel only ever takes the audio
             raise http_error(413, 40005, "Request entity too large")
-        assert embed.image.url is None
+        assert embeds[0].image.url is None
         return message(1)
 
     reply.webhook.send.side_effect = send
@@ -221,3 +221,44 @@ async def test_a_picture_that_does_not_fit_beside_the_audio_is_left_out() -> Non
     room = len(audio.data) + len(png)
     assert await delivery.picture_for(JOB, audio, room) == png
     assert await delivery.picture_for(JOB, audio, room - 1) is None
+
+
+# -- several tracks in one post (a ticket's takes) ------------------------------------------------------------------
+
+
+def takes_post() -> Post:
+    """Two tracks, each with its card and picture, in one post."""
+    first = post()
+    tracks = [delivery.Track(f"j{n}", first.audio, f"take-{n}.opus", discord.Embed(title=f"Take {n}")) for n in (1, 2)]
+    return Post.of(7, tracks, discord.ui.View(timeout=None), "your 2 takes are ready")
+
+
+async def test_several_tracks_go_in_one_message_each_card_showing_its_picture() -> None:
+    reply: Any = spec_reply()
+    reply.webhook.send.return_value = message(1)
+    plain = takes_post()
+    png = await delivery.picture_for(JOB, plain.audio, None)
+    with_pictures = Post.of(7, [dataclasses.replace(t, picture=png) for t in plain.tracks], plain.view, "ready")
+    await deliver(reply, with_pictures)
+    kwargs = reply.webhook.send.await_args.kwargs
+    assert [f.filename for f in kwargs["files"]] == ["take-1.opus", "take-2.opus", "waveform-1.png", "waveform-2.png"]
+    assert [e.image.url for e in kwargs["embeds"]] == ["attachment://waveform-1.png", "attachment://waveform-2.png"]
+    assert [e.title for e in kwargs["embeds"]] == ["Take 1", "Take 2"]
+    assert reply.webhook.send.await_args.args[0] == "<@7> ready"
+
+
+async def test_a_413_on_several_tracks_shrinks_every_one() -> None:
+    reply: Any = spec_reply()
+    totals: list[int] = []
+    original = takes_post()
+
+    async def send(*args: Any, files: list[discord.File], **kwargs: Any) -> Any:
+        totals.append(sum(len(file.fp.read()) for file in files))
+        if totals[-1] > len(original.audio.data):  # the two together must fit where one did
+            raise http_error(413, 40005, "Request entity too large")
+        return message(1)
+
+    reply.webhook.send.side_effect = send
+    assert (await deliver(reply, original)).message_id == 1
+    assert totals[0] == 2 * len(original.audio.data) and totals[-1] <= len(original.audio.data)
+    assert len(reply.webhook.send.await_args.kwargs["files"]) == 2  # no take left out

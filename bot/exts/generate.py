@@ -19,6 +19,7 @@ from bot.journal import JobRecord
 from bot.options import cap_option
 from bot.pipeline import Asker
 from bot.store import GuildSettings
+from bot.takes import MAX_TAKES, MIN_TAKES, Takes, check_count, take_seeds
 from bot.tickets import title_for
 from bot.ui.buttons import JobButton
 from generation.audio_in import Mode
@@ -68,6 +69,8 @@ class Generate(commands.Cog, name="Generate"):
         model="Which MusicGen model",
         audio="An audio file (mp3, ogg, wav, flac, m4a) to continue, or whose melody to follow",
         mode="What to do with the audio file (default: continue it)",
+        variants="2–4 takes of this prompt in one batch, posted together to pick a favourite (with audio: each "
+                 "continues it)",
     )
     @app_commands.choices(mode=MODES)
     async def generate(
@@ -84,8 +87,11 @@ class Generate(commands.Cog, name="Generate"):
         model: str | None = None,
         audio: discord.Attachment | None = None,
         mode: app_commands.Choice[str] | None = None,
+        variants: app_commands.Range[int, MIN_TAKES, MAX_TAKES] | None = None,
     ) -> None:
         guild = allowed_here(interaction, self.bot.store)
+        if variants is not None:
+            check_count(variants)
         if mode is not None and audio is None:
             raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
         how = Mode(mode.value) if mode is not None else Mode.CONTINUE
@@ -97,10 +103,14 @@ class Generate(commands.Cog, name="Generate"):
         if seed is not None:
             fields["seed"] = seed
         if audio is not None:
-            await self.start_with_audio(interaction, guild, fields, audio, how)
+            await self.start_with_audio(interaction, guild, fields, audio, how, variants)
             return
-        request = self._request(interaction, guild, fields)
-        await self._start(interaction, [request], title_for("generate", request.prompt, request.duration))
+        requests = self._requests(interaction, guild, fields, variants)
+        what, length = requests[0].prompt, requests[0].duration
+        if variants is None:
+            await self._start(interaction, requests, title_for("generate", what, length))
+            return
+        await self._start(interaction, requests, title_for("takes", what, length, variants), Takes())
 
     @generate.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -160,7 +170,7 @@ class Generate(commands.Cog, name="Generate"):
     # -- audio in -----------------------------------------------------------------------
     async def start_with_audio(
         self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any],
-        attachment: discord.Attachment, mode: Mode,
+        attachment: discord.Attachment, mode: Mode, variants: int | None = None,
     ) -> None:
         """What costs nothing is refused before the deferral; the download, decoding and limits after it (a refusal
         then replaces the "thinking…" message with a private one)."""
@@ -172,13 +182,17 @@ class Generate(commands.Cog, name="Generate"):
         try:
             prepared = await uploads.fetch(attachment, mode, fields["model"], folder, limits)
             extra = uploads.input_fields(prepared, fields["duration"])
-            request = self._request(interaction, guild, {**fields, **extra})
-            title = title_for(mode.value, request.prompt, request.duration, source=prepared.name)
-            ticket = await self.bot.pipeline.admit(Asker.of(interaction), [request], title, interaction)
+            requests = self._requests(interaction, guild, {**fields, **extra}, variants)
+            prompt, duration = requests[0].prompt, requests[0].duration
+            if variants is None:
+                title, takes = title_for(mode.value, prompt, duration, source=prepared.name), None
+            else:
+                title, takes = title_for("takes", prompt, duration, variants, source=prepared.name), Takes()
+            ticket = await self.bot.pipeline.admit(Asker.of(interaction), requests, title, interaction, takes=takes)
         except Exception as exc:
             await uploads.refuse_deferred(interaction, exc)
             return
-        await self.bot.pipeline.launch(ticket, [request])
+        await self.bot.pipeline.launch(ticket, requests)
 
     def model_for(self, name: str | None, mode: Mode = Mode.CONTINUE) -> str:
         """The model asked for (default: the first served; for a melody, the first melody model served)."""
@@ -196,16 +210,31 @@ class Generate(commands.Cog, name="Generate"):
             raise UserError(f"This bot serves: {', '.join(self.bot.models)}. Pick one of those.")
         return matches[0]
 
-    def _request(self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any]) -> JobRequest:
-        """Validate server-side: the declared ranges are only a hint to well-behaved clients."""
-        return JobRequest.create(  # every track keeps its codes: a jam may start from it (bot.jam)
+    def _request(
+        self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any], share: int = 1
+    ) -> JobRequest:
+        """Validate server-side: the declared ranges are only a hint to well-behaved clients. ``share``: how many
+        files share the post's upload limit. Every track keeps its codes: a jam may start from it (bot.jam)."""
+        return JobRequest.create(
             max_duration=self.bot.pipeline.max_duration(guild), owner=str(interaction.user.id),
-            max_file_bytes=interaction.filesize_limit, **{"keep_codes": True, **fields},
+            max_file_bytes=interaction.filesize_limit // share, **{"keep_codes": True, **fields},
         )
 
-    async def _start(self, interaction: discord.Interaction, requests: list[JobRequest], title: str) -> None:
+    def _requests(
+        self, interaction: discord.Interaction, guild: GuildSettings, fields: dict[str, Any], variants: int | None
+    ) -> list[JobRequest]:
+        """One request, or ``variants`` takes of it: seeds ``seed``, ``seed + 1``, … (or random ones), each file
+        encoded to its share of the upload limit, since they are posted in one message."""
+        if variants is None:
+            return [self._request(interaction, guild, fields)]
+        seeds = take_seeds(check_count(variants), fields.get("seed"))
+        return [self._request(interaction, guild, {**fields, "seed": seed}, share=variants) for seed in seeds]
+
+    async def _start(
+        self, interaction: discord.Interaction, requests: list[JobRequest], title: str, takes: Takes | None = None
+    ) -> None:
         """Admit (refusals are ephemeral and instant), defer at once, then queue."""
-        ticket = await self.bot.pipeline.admit(Asker.of(interaction), requests, title, interaction)
+        ticket = await self.bot.pipeline.admit(Asker.of(interaction), requests, title, interaction, takes=takes)
         try:
             await interaction.response.defer(thinking=True)
         except discord.HTTPException:

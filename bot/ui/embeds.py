@@ -49,8 +49,9 @@ def help_embed(
     embed.add_field(
         name="Commands",
         value=(
-            "`/generate prompt [duration] [seed] [temperature] [top_k] [top_p] [cfg] [format] [model] [audio] [mode]`"
-            " — queue a track; with `audio`, continue that file (or follow its melody)\n"
+            "`/generate prompt [duration] [seed] [temperature] [top_k] [top_p] [cfg] [format] [model] [audio] [mode]"
+            " [variants]` — queue a track; with `audio`, continue that file (or follow its melody); with"
+            " `variants`, 2–4 takes to pick a favourite from\n"
             "Apps menu on a message with audio: *Continue this track*, *Use as melody*\n"
             "`/queue` — your jobs, their positions and ETAs\n"
             "`/cancel [job]` — cancel your queued or running job\n"
