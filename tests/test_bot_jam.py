@@ -245,3 +245,20 @@ async def test_a_jam_starts_from_an_uploaded_file(world: World, tiny_model_dir: 
         bad = await jam(world, "start", world.bob, world.other, prompt="x", audio=FakeAttachment(
             "notes.txt", "text/plain", b"la la la"))
         assert "audio file" in await refused(bad, world)
+
+
+async def test_a_favourite_take_starts_a_jam(world: World, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """/generate variants:2, ⭐ take 2, then "Start a jam" on the offer: the jam's first section is that take."""
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        (post,) = await world.result_of(await world.generate(prompt="ambient pads", variants=2, duration=SECONDS))
+        two = post.embeds[1]["footer"]["text"].split()[1]
+        pressed = await world.fake.press_button(post, f"jamgen:fav:{two}", user=world.alice, guild=world.guild)
+        await world.fake.wait_for(lambda: len(pressed.followups) == 1)
+        (offer,) = pressed.followups
+        await world.fake.press_button(offer, f"jamgen:jam:{two}", user=world.alice, guild=world.guild)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        first = await sections_posted(world, thread_of(world).id, 1)
+        jam_id = first.embeds[0]["footer"]["text"].split()[1]
+        kept = np.load(tmp_path / "audio" / f"{two}.codes.npy")
+        np.testing.assert_array_equal(codes_of(await bot.store.jams.get_blob(jam_id, blob_name(1, "codes"))), kept)
+        assert seconds_of(first) == pytest.approx(SECONDS, abs=0.1)
