@@ -84,8 +84,9 @@ class JamCog(commands.Cog, name="Jam"):
         how = Mode(mode.value) if mode is not None else Mode.CONTINUE
         jam = self._new_jam(interaction, guild, title or prompt, self._model(model, how))
         item = self._waiting(interaction, prompt, seconds, guild)
+        reply = Reply.of(interaction)
         if audio is None:
-            await self.service.begin(jam, item, Reply.of(interaction), self._opener(interaction, jam, defer=True))
+            await self.service.begin(jam, item, reply, self._opener(interaction, jam, reply, defer=True))
             return
         limits = uploads.limits_of(self.bot.settings)
         uploads.check(audio, limits)
@@ -94,18 +95,20 @@ class JamCog(commands.Cog, name="Jam"):
             folder = uploads.uploads_dir(self.bot.engine.settings.data_dir)
             prepared = await uploads.fetch(audio, how, jam.model, folder, limits)
             item.inputs = uploads.input_fields(prepared, seconds)
-            await self.service.begin(jam, item, Reply.of(interaction), self._opener(interaction, jam, defer=False))
+            await self.service.begin(jam, item, reply, self._opener(interaction, jam, reply, defer=False))
         except Exception as exc:
             await uploads.refuse_deferred(interaction, exc)
 
-    def _opener(self, interaction: discord.Interaction, jam: Jam, defer: bool) -> Ready:
+    def _opener(self, interaction: discord.Interaction, jam: Jam, reply: Reply, defer: bool) -> Ready:
         """What /jam start does once its first section is admitted: open the thread (deferring first, unless the
-        upload's download did), and say where in the section's status message."""
+        upload's download did), post the section there (``reply`` is its ticket's), and say where in the section's
+        status message."""
 
         async def ready(_: bool) -> str:
             if defer:
                 await interaction.response.defer(thinking=True)
             jam.thread_id, note = await self._open_thread(interaction, jam.title)
+            reply.channel_id, reply.followups = jam.thread_id, False
             where = f"<#{jam.thread_id}>" if jam.thread_id != jam.channel_id else "this channel"
             return f"🎶 Jam **{safe(jam.title, 80)}** opened in {where}.{note} Add sections there with `/jam add`."
 

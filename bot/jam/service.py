@@ -127,7 +127,7 @@ class JamService:
             try:
                 await self._launch(jam, item, reply, ready)
             except BaseException:
-                if item.job_id is None:
+                if any(waiting is item for waiting in jam.waiting):
                     jam.waiting.remove(item)
                 raise
 
@@ -140,7 +140,8 @@ class JamService:
                 return
             except Exception as exc:
                 reason = user_message(exc)
-                jam.waiting.pop(0)
+                if jam.waiting and jam.waiting[0] is item:
+                    jam.waiting.pop(0)
                 await self.keep(jam)
                 await self._say(jam, f"<@{item.author_id}> your section ({safe(item.prompt, 80)}) could not start: "
                                      f"{reason}", item.author_id)
@@ -160,7 +161,9 @@ class JamService:
                 raise
         item.job_id = ticket.job_ids[0]
         await self.keep(jam)  # before the job exists: its end finds it
-        if not await pipeline.launch(ticket, [request]):
+        if not await pipeline.launch(ticket, [request]):  # its user was told why
+            jam.waiting.remove(item)
+            await self.keep(jam)
             raise UserError("The section could not be queued (the bot could not record it).")
 
     async def _request(self, jam: Jam, item: Waiting, number: int) -> JobRequest:
@@ -347,7 +350,8 @@ class JamService:
                 files = [self.track_file(jam, await self.track(jam, jam.max_file_bytes))]
             except EncodeError as exc:
                 note = f" {exc}"
-        text = f"🏁 This jam has ended ({reason}). The final track, {jam.seconds:.1f} s, {render.credits(jam)}.{note}"
+        text = (f"🏁 This jam has ended ({reason}). The final track, {jam.seconds:.1f} s, {render.credits(jam)}.{note}"
+                if jam.sections else f"🏁 This jam has ended ({reason}) before any section was made.")
         try:
             await self.thread(jam).send(text[:2000], embed=render.card(jam), files=files,
                                         allowed_mentions=discord.AllowedMentions.none())
