@@ -476,7 +476,7 @@ async def test_every_settings_subcommand_is_refused_without_manage_server(
     calls: dict[str, dict[str, object]] = {
         "show": {}, "allow-channel": {"channel": world.jam.id}, "disallow-channel": {"channel": world.jam.id},
         "all-channels": {}, "max-duration": {"seconds": 3}, "limits": {"max_jobs": 9, "requests": 9},
-        "format": {"format": "wav"}, "exempt-role": {"role": role.id},
+        "format": {"format": "wav"}, "exempt-role": {"role": role.id}, "jams": {"seconds": 60, "sections": 3},
     }
     member_permissions = DEFAULT_MEMBER_PERMISSIONS  # what a member usually has: not Manage Server
     async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
