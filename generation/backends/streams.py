@@ -2,8 +2,9 @@
 
 A stream holds everything that makes a job's music its own: its conditioning (text
 keys/values for cross-attention, or a prefix for models that prepend their conditions,
-like melody), its delay-pattern sequence with its own length, its attention caches at
-its own position, and its own random generator. Nothing in it depends on other jobs,
+like melody; made again for each window of a melody track past the window), its
+delay-pattern sequence with its own length, its attention caches at its own position,
+and its own random generator. Nothing in it depends on other jobs,
 which is why a job can join a running batch at any step and leave at any step.
 
 Inputs that come before the first sampled column are *prefilled*: a melody model's
