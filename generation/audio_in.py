@@ -7,7 +7,7 @@ audio stream, and a duration its header claims over the limit is refused without
 32 kHz, as raw PCM read in chunks: at most ``max_seconds`` (``-t``, and a byte cap on what is read), within a
 time limit, killed otherwise. A file that decodes to more than the limit although its header says less (a
 decompression bomb) is refused too. Only the part a job needs is kept in memory and written out: the last
-10 s for a continuation, the first 30 s for a melody.
+10 s for a continuation, the first 30 s for a melody (a longer track loops them, as audiocraft does).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 32_000  # every MusicGen model's
 CONTEXT_SECONDS = 10.0  # the end of an upload a continuation hears (as ⏩ Extend)
-MELODY_SECONDS = 30.0  # MusicGen's melody models read the first 30 s
+MELODY_SECONDS = 30.0  # MusicGen's melody models read the first 30 s; past 30 s a track loops them
 MIN_SECONDS = 1.0  # less cannot prompt a continuation
 SLACK = 0.25  # seconds a file may decode to beyond what its header says (codec padding) before it counts as longer
 PROBE_TIMEOUT = 10.0
@@ -55,7 +55,7 @@ class Mode(str, Enum):
     """What a job makes of an upload."""
 
     CONTINUE = "continue"  # its last seconds are the audio prompt; the track is that part, then the new music
-    MELODY = "melody"  # its first 30 s guide a melody model
+    MELODY = "melody"  # its first 30 s guide a melody model (looped under a longer track)
 
 
 class AudioRefused(InvalidJob):

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from generation.errors import InvalidJob
 from generation.models import DEFAULT_MODEL, resolve_model_id
-from generation.windows import MODEL_WINDOW
 
 PROMPT_MAX_CHARS = 300
 DEFAULT_MAX_DURATION = 30.0
@@ -120,7 +119,8 @@ class JobRequest(BaseModel):
         None, description="an audio file to extend; then ``duration`` is the seconds to add to it"
     )
     melody_from: str | None = Field(
-        None, description="an audio file whose melody (chroma) guides a melody model (its first 30 s)"
+        None, description="an audio file whose melody (chroma) guides a melody model (its first 30 s; "
+        "under a longer track it loops, as audiocraft's ``generate_with_chroma``)"
     )
     continue_codes: str | None = Field(
         None, description="a file of EnCodec codes ([K, T] integers, .npy) to extend without re-encoding audio; then "
@@ -179,11 +179,6 @@ class JobRequest(BaseModel):
     @field_validator("melody_from")
     @classmethod
     def _melody_from(cls, value: str | None, info: ValidationInfo) -> str | None:
-        duration = info.data.get("duration")
-        if value is not None and duration is not None and duration > MODEL_WINDOW:  # it would slide: not supported
-            raise ValueError(
-                f"a track that follows a melody can be at most {MODEL_WINDOW:g} seconds long (asked for {duration:g})"
-            )
         return _audio_input(value, info, "the audio file with the melody", "the melody file")
 
     @field_validator("continue_codes")

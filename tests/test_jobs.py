@@ -238,11 +238,13 @@ def test_create_accepts_or_refuses_any_duration(duration: float) -> None:
         assert request.duration == duration
 
 
-def test_a_long_track_is_accepted_up_to_the_cap_but_not_with_a_melody(tmp_path: Path) -> None:
-    """Past the model's 30 s window a track slides; one that follows a melody may not (it is refused up front)."""
+def test_a_long_track_is_accepted_up_to_the_cap_with_or_without_a_melody(tmp_path: Path) -> None:
+    """Past the model's 30 s window a track slides; one that follows a melody too (the melody loops)."""
     assert JobRequest.create(prompt="lofi", duration=300, max_duration=300).duration == 300
     melody = tmp_path / "tune.wav"
     melody.write_bytes(b"RIFF")
-    assert JobRequest.create(prompt="lofi", duration=30, max_duration=300, melody_from=str(melody)).melody_from
-    with pytest.raises(InvalidJob, match=r"melody_from: a track that follows a melody can be at most 30 seconds"):
-        JobRequest.create(prompt="lofi", duration=31, max_duration=300, melody_from=str(melody))
+    for duration in (30, 45, 300):
+        request = JobRequest.create(prompt="lofi", duration=duration, max_duration=300, melody_from=str(melody))
+        assert (request.duration, request.melody_from) == (duration, str(melody))
+    with pytest.raises(InvalidJob, match=r"^duration: must be between 1 and 30 seconds \(got 45\)$"):
+        JobRequest.create(prompt="lofi", duration=45, max_duration=30, melody_from=str(melody))

@@ -13,7 +13,7 @@ import torch
 from audiocraft.models import MusicGen
 from audiocraft.modules.conditioners import ConditionType
 
-from generation.backends.melody import read_melody, seeded_python_random
+from generation.backends.melody import CarriedRandom, read_melody, seeded_python_random
 from generation.errors import JobFailed, MelodyUnreadable
 
 SAMPLE_RATE = 32000
@@ -48,6 +48,21 @@ def test_seeding_restores_the_state_when_the_block_raises() -> None:
         random.random()
         raise RuntimeError("job failed")
     assert random.random() == expected
+
+
+def test_a_carried_state_goes_on_from_its_last_block_and_leaves_the_global_alone() -> None:
+    """A long melody track's windows: each window's demucs draws follow the last window's, as stock's seeded once."""
+    random.seed(99)
+    outside = random.getstate()
+    carried = CarriedRandom(7)
+    with carried.drawing():
+        first = [random.random(), random.random()]
+    assert random.getstate() == outside
+    random.random()  # whatever else draws in between
+    with carried.drawing():
+        second = random.random()
+    random.seed(7)
+    assert [random.random() for _ in range(3)] == [*first, second]
 
 
 def test_a_stereo_file_is_read_mono_at_the_model_rate(tmp_path: Path) -> None:

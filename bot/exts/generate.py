@@ -41,7 +41,9 @@ class JamStarter(Protocol):
 VARIATIONS = 3
 MODES = [
     app_commands.Choice(name="continue the file (its last 10 s)", value=Mode.CONTINUE.value),
-    app_commands.Choice(name="follow its melody (first 30 s; melody models)", value=Mode.MELODY.value),
+    app_commands.Choice(
+        name="follow its melody (first 30 s, looped in a longer track; melody models)", value=Mode.MELODY.value
+    ),
 ]
 
 

@@ -20,8 +20,9 @@ What stays true whatever joins or leaves (tested bit for bit on a tiny model):
   their pace and the chunking is the same whoever else is running.
 * **A track longer than the model's window slides** (:mod:`generation.backends.sliding`):
   when its window is full the job keeps its place in the loop, its caches start over and
-  the last ``window - stride`` frames of its own codes are prefilled as above, then it
-  samples on. Its codes are those of audiocraft's ``MusicGen.generate`` for the duration.
+  the last ``window - stride`` frames of its own codes are prefilled as above (after a melody
+  model's prefix, made again from the melody at the window's offset), then it samples on. Its
+  codes are those of audiocraft's ``MusicGen.generate`` (``generate_with_chroma``) for the duration.
 """
 
 from __future__ import annotations

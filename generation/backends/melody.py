@@ -4,7 +4,9 @@ audiocraft's ``ChromaStemConditioner`` separates the melody's stems with demucs,
 ``apply_model`` shifts the audio by a random offset (up to half a second) drawn from
 Python's global ``random`` module. The same melody therefore gives a different condition
 from one job to the next unless that draw is seeded: :func:`seeded_python_random` seeds it
-for one job and puts the previous state back afterwards.
+for one job and puts the previous state back afterwards. A track past the model's window
+computes its melody condition again for each window, as audiocraft does; :class:`CarriedRandom`
+lets each window's draws go on from the last one's, as with stock audiocraft seeded once.
 """
 
 from __future__ import annotations
@@ -24,19 +26,33 @@ log = logging.getLogger(__name__)
 MAX_MELODY_SECONDS = 30.0  # MusicGen's melody models are trained on 30 s; audiocraft cuts the chroma there
 
 
-@contextmanager
-def seeded_python_random(seed: int) -> Iterator[None]:
-    """Seed Python's global ``random`` for the block, then restore the state it had before.
+class CarriedRandom:
+    """One job's own state of Python's global ``random``, carried from one block of its work to the next.
 
-    The global generator is shared by the whole process: run the seeded work on one thread
+    The global generator is shared by the whole process: run the job's blocks on one thread
     with nothing else drawing from ``random`` meanwhile.
     """
-    state = random.getstate()
-    random.seed(seed)
-    try:
+
+    def __init__(self, seed: int) -> None:
+        self._state = random.Random(seed).getstate()  # what ``random.seed(seed)`` leaves
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        """In the block, the global ``random`` goes on from the job's last block; after it, as it was before."""
+        outside = random.getstate()
+        random.setstate(self._state)
+        try:
+            yield
+        finally:
+            self._state = random.getstate()
+            random.setstate(outside)
+
+
+@contextmanager
+def seeded_python_random(seed: int) -> Iterator[None]:
+    """Seed Python's global ``random`` for the block, then restore the state it had before."""
+    with CarriedRandom(seed).drawing():
         yield
-    finally:
-        random.setstate(state)
 
 
 _NOT_FOUND = "The melody file could not be found. Please attach it again."

@@ -4,7 +4,8 @@ MusicGen attends over at most ``max_duration`` seconds (its *window*, 30 s). aud
 ``MusicGen.generate`` goes past it by sliding (``_generate_tokens``): once a window is
 full, the next one starts ``extend_stride`` seconds later, with the last
 ``window − stride`` seconds of codes just generated as its prompt, and the same
-conditions; the new codes of each window are appended to the track.
+conditions (but a melody, which each window hears from its own offset:
+:mod:`generation.backends.conditioning`); the new codes of each window are appended to the track.
 
 :func:`generation.windows.plan` is that loop in frames; a :class:`Track` follows one job through it. In the
 decode loop a sliding job never leaves the running batch: when its window is full its

@@ -2,8 +2,9 @@
 
 A stream holds everything that makes a job's music its own: its conditioning (text
 keys/values for cross-attention, or a prefix for models that prepend their conditions,
-like melody), its delay-pattern sequence with its own length, its attention caches at
-its own position, and its own random generator. Nothing in it depends on other jobs,
+like melody; made again for each window of a melody track past the window), its
+delay-pattern sequence with its own length, its attention caches at its own position,
+and its own random generator. Nothing in it depends on other jobs,
 which is why a job can join a running batch at any step and leave at any step.
 
 Inputs that come before the first sampled column are *prefilled*: a melody model's
@@ -21,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditionType
 
-from generation.backends import continuation, melody
+from generation.backends import continuation
 from generation.backends.attention import Installed, JobAttentionState, KeyValue
 from generation.backends.base import GenerationTask
+from generation.backends.conditioning import Conditioner, JobConditions
+from generation.backends.melody import CarriedRandom
 from generation.backends.sliding import Track, sampled_steps
-from generation.errors import JobFailed
 from generation.windows import EXTEND_STRIDE, Window, plan, stride_frames
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ class Stream:
     generator: torch.Generator
     deliver: Deliver  # decoded audio [channels, samples] -> what the listener gets
     track: Track  # the job's windows (one unless the track is longer than the model's window)
-    prefix: torch.Tensor  # [2, P, D]: conditions prepended to every window (empty but for melody models)
-    text: list[KeyValue]  # the job's cross-attention keys/values, kept for every window
+    conditions: JobConditions  # what its windows' conditions are made of
+    prefix: torch.Tensor  # [2, P, D]: the window's prepended conditions (empty but for melody models)
+    text: list[KeyValue]  # the window's cross-attention keys/values
     prefill: torch.Tensor | None = None  # [2, P, D] input embeddings still to run before decoding
     step: int = field(init=False)  # the next column to sample
 
@@ -132,6 +134,7 @@ class StreamBuilder:
         self.model = model
         self.lm = model.lm
         self.attention = attention
+        self.conditioner = Conditioner(model, attention)
         self.device = next(iter(self.lm.parameters())).device
         self.window = int(model.max_duration * model.frame_rate)  # frames the model attends over
         try:
@@ -143,26 +146,27 @@ class StreamBuilder:
 
     def build(self, task: GenerationTask) -> Stream:
         prompt_wav, cut, deliver = self._continuation(task)
-        conditions, prompt_tokens = self._conditions(task, prompt_wav)
+        attributes, prompt_tokens = self.conditioner.attributes(task, prompt_wav)
         if task.continue_codes is not None:
             prompt_tokens, cut = self._codes_prompt(task.continue_codes, task.duration)
-        prefix, text = self.lm.fuser(self._empty_input(conditions), conditions)
         track = self._track(task, cut, prompt_tokens)
-        if task.melody_from is not None and len(track.windows) > 1:
-            seconds = self.model.max_duration
-            raise JobFailed(f"A track that follows a melody can be at most {seconds:g} seconds long.")
-        text_kv = [layer.project_text(text) for layer in self.attention.cross_attention] if text is not None else []
+        conditions = JobConditions(attributes, CarriedRandom(task.seed), slides=len(track.windows) > 1)
+        prefix, text_kv = self.conditioner.window(conditions, track.window.offset)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(task.seed)
         state = JobAttentionState()
         window = self._window(state, track.window, prefix, text_kv, prompt_tokens)
         pattern, sequence, first_step, prefill = window
-        return Stream(task, state, sequence, pattern, first_step, generator, deliver, track, prefix, text_kv, prefill)
+        return Stream(
+            task, state, sequence, pattern, first_step, generator, deliver, track, conditions, prefix, text_kv, prefill
+        )
 
     def next_window(self, stream: Stream, prompt: torch.Tensor) -> None:
         """Open ``stream``'s next window with ``prompt`` (the codes it keeps): fresh caches, its prefill to run."""
         stream.attention.caches.clear()  # the last window's keys and values are no longer needed
         stream.attention = JobAttentionState()
+        if stream.conditions.per_window:  # the melody from the window's own offset, as audiocraft's
+            stream.prefix, stream.text = self.conditioner.window(stream.conditions, stream.track.window.offset)
         window = self._window(stream.attention, stream.track.window, stream.prefix, stream.text, prompt)
         stream.pattern, stream.sequence, stream.first_step, stream.prefill = window
         stream.step = stream.first_step
@@ -185,31 +189,6 @@ class StreamBuilder:
         state.caches = [layer.new_cache(capacity, prefix) for layer in self.attention.self_attention]
         state.text = list(text)
         return pattern, sequence, first_step, prefill
-
-    # -- conditioning ----------------------------------------------------------------------
-    def _conditions(
-        self, task: GenerationTask, prompt_wav: torch.Tensor | None
-    ) -> tuple[dict[str, ConditionType], torch.Tensor | None]:
-        """The job's conditions, rows (cond, null), exactly as audiocraft builds them for one prompt."""
-        melody_wavs: list[torch.Tensor | None] | None = None
-        if task.melody_from is not None:
-            if "self_wav" not in self.lm.condition_provider.conditioners:
-                raise JobFailed("This model does not follow a melody: pick a melody model (musicgen-melody).")
-            melody_wavs = [melody.read_melody(task.melody_from, self.model.sample_rate)]
-        prompt = None if prompt_wav is None else prompt_wav[None]
-        attributes, prompt_tokens = self.model._prepare_tokens_and_attributes(
-            [task.prompt], prompt, melody_wavs=melody_wavs
-        )
-        null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-        provider = self.lm.condition_provider
-        with melody.seeded_python_random(task.seed):  # demucs draws a time shift from ``random``
-            conditions = provider(provider.tokenize(attributes + null))
-        return dict(conditions), prompt_tokens
-
-    def _empty_input(self, conditions: dict[str, ConditionType]) -> torch.Tensor:
-        """A zero-length input for the fuser: what it returns is then the prefix alone."""
-        dtype = next(iter(conditions.values()))[0].dtype if conditions else torch.float32
-        return torch.zeros(2, 0, self.lm.dim, device=self.device, dtype=dtype)
 
     # -- the sequence --------------------------------------------------------------------------
     def _sequence(self, pattern: Any, frames: int, prompt: torch.Tensor | None) -> tuple[torch.Tensor, int]:
