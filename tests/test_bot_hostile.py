@@ -512,6 +512,7 @@ def forget_fake_history(fake: FakeDiscord, keep: Iterable[FakeInteraction]) -> N
     fake._messages_by_id = {m.id: m for m in fake.messages}
     fake.gateway.forget_log()
     fake.gateway.stats.received.clear()
+    fake.gateway.stats.dispatched.clear()
 
 
 async def burst(world: World, count: int, chunk: int = 50) -> list[FakeInteraction]:

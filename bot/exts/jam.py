@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO_ARCHIVE_MINUTES: Literal[10080] = 10080  # a week: Discord's longest
+LOAD_RETRY = 5.0  # seconds between tries to read the open jams from an unreachable Redis
 NO_THREAD = " I could not open a thread here (I need Create Public Threads), so the jam posts in this channel."
 
 
@@ -49,11 +50,19 @@ class JamCog(commands.Cog, name="Jam"):
     async def cog_load(self) -> None:
         for command in (self.start, self.add):
             cap_option(command, "seconds", self.bot.pipeline.duration_cap)
-        await self.service.load()
         self.bot.jams = self.service
         self.bot.pipeline.on_section_end = self.service.section_ended
         self.bot.after_recovery.append(self.service.resume)
         self.bot.keep_running(self._close_idle_forever(), "jamgen-jam-idle")
+        if not await self.service.load():  # Redis is unreachable: the bot starts, and the jams follow
+            self.bot.keep_running(self._load_later(), "jamgen-jam-load")
+
+    async def _load_later(self) -> None:
+        loaded = False
+        while not loaded:
+            await asyncio.sleep(LOAD_RETRY)
+            loaded = await self.service.load()
+        await self.service.resume()
 
     async def _close_idle_forever(self) -> None:
         hours = self.bot.settings.jam_idle_hours

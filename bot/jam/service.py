@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import aiofiles
 import discord
+from redis.exceptions import RedisError
 
 from bot.delivery import codes_path
 from bot.errors import UserError, user_message
@@ -58,9 +59,16 @@ class JamService:
         self.folder = bot.engine.settings.data_dir / "jams"  # the codes each section continues (job inputs)
 
     # -- lookups -----------------------------------------------------------------------------------------
-    async def load(self) -> None:
-        for jam in await self.store.open_jams():
-            self._jams[jam.id] = jam
+    async def load(self) -> bool:
+        """Read the open jams; False when their store (Redis) is unreachable (logged; try again later)."""
+        try:
+            jams = await self.store.open_jams()
+        except RedisError as exc:
+            log.warning("jams: Redis is unreachable (%s); /jam waits for it", exc)
+            return False
+        for jam in jams:
+            self._jams.setdefault(jam.id, jam)
+        return True
 
     def open_in(self, channel_id: int) -> Jam | None:
         """The open jam started in this channel or posting in this thread."""
