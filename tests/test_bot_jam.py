@@ -151,7 +151,9 @@ async def test_a_jam_of_three_members_and_five_sections_with_a_restart(
 async def test_sections_wait_their_turn_and_caps_are_stated(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+    hold = HoldPrompt("three")  # in flight when the jam ends
+    backend = FaultyBackend(tiny_backend(tiny_model_dir), fault=hold)
+    async with running_bot(world.fake, tiny_model_dir, tmp_path, backend_factory=lambda _: backend) as bot:
         await bot.store.update_guild(world.guild.id, jam_max_sections=2, jam_max_seconds=12)
         await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
         await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
@@ -164,11 +166,20 @@ async def test_sections_wait_their_turn_and_caps_are_stated(
         third = await jam(world, "add", world.mod, thread, prompt="three", seconds=SECONDS)
         assert "cap of 2 sections" in await refused(third, world)
         await sections_posted(world, thread.id, 2)
+        await bot.store.update_guild(world.guild.id, jam_max_sections=4)
+        await jam(world, "add", world.mod, thread, prompt="three", seconds=SECONDS)
+        await world.fake.wait_for(hold.reached.is_set)
+        fourth = await jam(world, "add", world.bob, thread, prompt="four", seconds=SECONDS)
+        await world.fake.wait_for(lambda: "waits for section 3" in user_text(fourth))
         ended = await jam(world, "end", world.bob, thread)
         assert "host <@" in await refused(ended, world)
         await jam(world, "end", world.alice, thread)
         await world.fake.wait_for(lambda: any("ended by" in m.content for m in world.fake.messages
                                               if m.channel_id == thread.id))
+        final = next(m for m in world.fake.messages if m.channel_id == thread.id and "ended by" in m.content)
+        assert f"Not made: <@{world.bob.id}>'s four" in final.content
+        await world.fake.wait_for(lambda: fourth.original is not None and "was not made" in fourth.original.content)
+        hold.release.set()
 
 
 async def test_a_jam_starts_from_a_posted_track_and_continues_its_codes(

@@ -314,6 +314,7 @@ class JamService:
                 check_may_change(jam, by, moderator, item.author_id, "undo that section")
                 jam.waiting.pop()
                 await self.keep(jam)
+                await self._drop_notice(jam, item, f"↩️ Dropped from the jam by <@{by}> before it started.")
                 return f"Dropped the waiting section {safe(item.prompt, 80)}."
             if jam.waiting:
                 raise UserError("The last section is being made right now: undo it once it is posted "
@@ -343,14 +344,25 @@ class JamService:
         async with self.locked(jam) as jam:
             if jam.state is not JamState.OPEN:
                 raise UserError("This jam has ended already.")
-            running = jam.running
+            running, dropped = jam.running, [item for item in jam.waiting if item.job_id is None]
             jam.state, jam.closed_reason, jam.waiting = JamState.CLOSED, reason, []
             await self.keep(jam)
         if running is not None and running.job_id is not None:
             self.bot.pipeline.engine.cancel(running.job_id, "the jam ended")
-        await self._post_final(jam, reason)
+        for item in dropped:
+            await self._drop_notice(jam, item, "🏁 The jam ended before this section started, so it was not made.")
+        await self._post_final(jam, reason, dropped)
 
-    async def _post_final(self, jam: Jam, reason: str) -> None:
+    async def _drop_notice(self, jam: Jam, item: Waiting, text: str) -> None:
+        """Say on a waiting section's own message (its /jam add answer) that it will not be made."""
+        if item.status_message_id is None:
+            return
+        try:
+            await self._reply_for(jam, item).edit_status(text)
+        except discord.HTTPException:  # its token has expired: the jam's final post names it
+            log.info("jam %s: could not update the message of a dropped section", jam.id)
+
+    async def _post_final(self, jam: Jam, reason: str, dropped: list[Waiting]) -> None:
         files: list[discord.File] = []
         note = ""
         if jam.sections:
@@ -360,6 +372,7 @@ class JamService:
                 note = f" {exc}"
         text = (f"🏁 This jam has ended ({reason}). The final track, {jam.seconds:.1f} s, {render.credits(jam)}.{note}"
                 if jam.sections else f"🏁 This jam has ended ({reason}) before any section was made.")
+        text += "".join(f"\n↩️ Not made: <@{item.author_id}>'s {safe(item.prompt, 60)}" for item in dropped)
         try:
             await self.thread(jam).send(text[:2000], embed=render.card(jam), files=files,
                                         allowed_mentions=discord.AllowedMentions.none())
