@@ -46,6 +46,9 @@ def _unwrap(error: BaseException) -> BaseException:
 STALE_COMMAND = "That command isn't available (the bot may have just been updated); try again in a minute."
 
 
+UNKNOWN_CHANNEL = 10003  # Discord's error code for a deleted (or never seen) channel or thread
+
+
 def user_message(error: BaseException) -> str:
     """What the user reads for ``error``. Unexpected errors are logged here, with their id."""
     if isinstance(error, app_commands.TransformerError) and not isinstance(error.__cause__, UserError):
@@ -65,6 +68,9 @@ def user_message(error: BaseException) -> str:
         return f"Slow down: try again in {error.retry_after:.0f} s."
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here."
+    if isinstance(error, discord.NotFound) and error.code == UNKNOWN_CHANNEL:
+        log.info("the channel to post in is gone: %s", error)
+        return "The channel or thread to post in was deleted, so the track could not be posted there."
     error_id = new_error_id()
     log.error("unexpected error [error %s]", error_id, exc_info=error)
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:

@@ -273,3 +273,22 @@ async def test_a_favourite_take_starts_a_jam(world: World, tiny_model_dir: Path,
         kept = np.load(tmp_path / "audio" / f"{two}.codes.npy")
         np.testing.assert_array_equal(codes_of(await bot.store.jams.get_blob(jam_id, blob_name(1, "codes"))), kept)
         assert seconds_of(first) == pytest.approx(SECONDS, abs=0.1)
+
+
+async def test_a_jam_whose_thread_was_deleted_closes_and_the_channel_can_jam_again(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path):
+        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        await sections_posted(world, thread.id, 1)
+        world.guild.threads.remove(thread)  # a moderator deleted it
+        add = await jam(world, "add", world.bob, world.jam, prompt="two", seconds=SECONDS)
+        await world.fake.wait_for(lambda: add.original is not None and "thread to post in was deleted"
+                                  in add.original.content, timeout=30)
+        again = await jam(world, "start", world.bob, world.jam, prompt="fresh", seconds=SECONDS)
+        await world.fake.wait_for(lambda: len(world.guild.threads_of(world.jam.id)) == 1
+                                  and world.guild.threads_of(world.jam.id)[0].id != thread.id, timeout=30)
+        assert (await again.wait_callback()).type == 5
+        await sections_posted(world, world.guild.threads_of(world.jam.id)[0].id, 1)

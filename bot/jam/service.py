@@ -207,6 +207,9 @@ class JamService:
             running = jam.running
             if running is None or running.job_id != job_id:
                 return  # taken already (a restart), or dropped by /jam end
+            if state is not State.DELIVERED and await self._thread_gone(jam):
+                await self._orphaned(jam)
+                return
             if state is State.DELIVERED:
                 try:
                     await self._take(jam, running, job_id)
@@ -387,6 +390,27 @@ class JamService:
             await self.bot.http.edit_channel(jam.thread_id, archived=True)
         except discord.HTTPException as exc:
             log.info("jam %s: could not archive thread %s (%s)", jam.id, jam.thread_id, exc.status)
+
+    async def _thread_gone(self, jam: Jam) -> bool:
+        """Whether the jam's thread was deleted (asked only when a section failed: its post may be why)."""
+        if jam.thread_id == jam.channel_id:
+            return False
+        try:
+            await self.bot.fetch_channel(jam.thread_id)
+        except discord.NotFound:
+            return True
+        except discord.HTTPException:
+            return False
+        return False
+
+    async def _orphaned(self, jam: Jam) -> None:
+        """Close a jam whose thread is gone (the lock is held): nothing more can be posted there."""
+        log.info("jam %s: its thread %s was deleted; closing it", jam.id, jam.thread_id)
+        dropped = jam.waiting[1:]
+        jam.state, jam.closed_reason, jam.waiting = JamState.CLOSED, "its thread was deleted", []
+        await self.keep(jam)
+        for item in dropped:
+            await self._drop_notice(jam, item, "🏁 The jam's thread was deleted, so this section was not made.")
 
     async def close_idle(self, hours: float, now: float | None = None) -> int:
         """End every open jam idle for ``hours``; returns how many."""
