@@ -115,9 +115,13 @@ class Post:
         return only_user(self.user_id)
 
 
+def slug(text: str, fallback: str) -> str:
+    """``text`` as the start of a file name: lower-case ASCII letters and digits joined by dashes, at most 40."""
+    return _SLUG.sub("-", text.lower()).strip("-")[:40] or fallback
+
+
 def file_name(prompt: str, seed: int, audio: EncodedAudio) -> str:
-    slug = _SLUG.sub("-", prompt.lower()).strip("-")[:40] or "track"
-    return f"{slug}-{seed}{audio.extension}"  # the extension has its dot
+    return f"{slug(prompt, 'track')}-{seed}{audio.extension}"  # the extension has its dot
 
 
 async def picture_for(job_id: str, audio: EncodedAudio, limit: int | None) -> bytes | None:

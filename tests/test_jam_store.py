@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from bot.errors import UserError
 from bot.jam.model import Jam, JamState, Section, Waiting, check_add, check_may_change
+from bot.jam.service import last_sections
 from bot.jam.store import JamStore, RedisJams, blob_name
 from bot.store import Store
 
@@ -77,3 +78,14 @@ def test_caps_and_who_may_change_a_jam() -> None:
     jam.state = JamState.CLOSED
     with pytest.raises(UserError, match="has ended"):
         check_add(jam, 1, max_seconds=300, max_sections=20)
+
+
+def test_a_section_reads_only_the_last_sections_its_context_needs() -> None:
+    jam = a_jam(frame_rate=50.0)
+    jam.sections += [Section(number=n, author_id=4, prompt="p", seconds=s, job_id=f"j{n}")
+                     for n, s in enumerate([8.0, 6.0, 4.0], start=1)]
+    assert [s.number for s in last_sections(jam, 200)] == [3]  # 4 s hold 200 frames
+    assert [s.number for s in last_sections(jam, 201)] == [2, 3]
+    assert [s.number for s in last_sections(jam, 500)] == [2, 3]  # 10 s: the last two exactly
+    assert [s.number for s in last_sections(jam, 501)] == [1, 2, 3]
+    assert [s.number for s in last_sections(jam, 5000)] == [1, 2, 3]  # the jam is shorter: all of it

@@ -47,6 +47,12 @@ MODES = [
 ]
 
 
+def model_choices(models: list[str], current: str) -> list[app_commands.Choice[str]]:
+    """The served models whose name holds what is typed (the ``model`` option's autocomplete; at most 25)."""
+    names = [name for name in models if current.lower() in name.lower()]
+    return [app_commands.Choice(name=name[-100:], value=name[-100:]) for name in names[:25]]
+
+
 def new_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
@@ -116,8 +122,7 @@ class Generate(commands.Cog, name="Generate"):
 
     @generate.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = [name for name in self.bot.models if current.lower() in name.lower()]
-        return [app_commands.Choice(name=name[-100:], value=name[-100:]) for name in names[:25]]
+        return model_choices(self.bot.models, current)
 
     # -- buttons ------------------------------------------------------------------------
     async def press(self, interaction: discord.Interaction, action: str, job_id: str) -> None:

@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot import uploads
 from bot.checks import allowed_here, is_moderator
 from bot.errors import UserError
-from bot.exts.generate import MODES
+from bot.exts.generate import MODES, model_choices
 from bot.jam import render
 from bot.jam.model import Jam, Waiting, check_may_change
 from bot.jam.service import JamService, Ready, kept_track
@@ -184,8 +184,7 @@ class JamCog(commands.Cog, name="Jam"):
 
     @start.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = [name for name in self.bot.models if current.lower() in name.lower()]
-        return [app_commands.Choice(name=name[-100:], value=name[-100:]) for name in names[:25]]
+        return model_choices(self.bot.models, current)
 
     # -- the "Start a jam" button under a track ------------------------------------------------------------
     async def start_from_track(self, interaction: discord.Interaction, record: JobRecord) -> None:

@@ -25,7 +25,7 @@ import aiofiles
 import discord
 from redis.exceptions import RedisError
 
-from bot.delivery import codes_path
+from bot.delivery import codes_path, slug
 from bot.errors import UserError, user_message
 from bot.jam import render
 from bot.jam.model import CONTEXT_SECONDS, Jam, JamState, Section, Waiting, check_add, check_may_change
@@ -178,8 +178,9 @@ class JamService:
         fields: dict[str, object] = {}
         if jam.sections:
             assert jam.frame_rate is not None
-            codes = [codes_of(await self._blob(jam, section.number, "codes")) for section in jam.sections]
-            context = tail(codes, round(CONTEXT_SECONDS * jam.frame_rate))
+            frames = round(CONTEXT_SECONDS * jam.frame_rate)
+            codes = [codes_of(await self._blob(jam, section.number, "codes")) for section in last_sections(jam, frames)]
+            context = tail(codes, frames)
             item.context_frames = int(context.shape[1])
             path = self.folder / f"{jam.id}-{number}.npy"
             await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
@@ -266,8 +267,17 @@ class JamService:
         return await asyncio.to_thread(encode_segment, segment, OutputFormat(jam.format), max_bytes)
 
     def track_file(self, jam: Jam, audio: EncodedAudio) -> discord.File:
-        slug = "".join(c if c.isalnum() else "-" for c in jam.title.lower()).strip("-")[:40] or "jam"
-        return discord.File(io.BytesIO(audio.data), filename=f"{slug}-jam{audio.extension}")
+        return discord.File(io.BytesIO(audio.data), filename=f"{slug(jam.title, 'jam')}-jam{audio.extension}")
+
+    async def _track_files(self, jam: Jam) -> tuple[list[discord.File], str]:
+        """The whole track as the file to post (none for a jam without sections), or no file and why (it cannot
+        fit the upload limit)."""
+        if not jam.sections:
+            return [], ""
+        try:
+            return [self.track_file(jam, await self.track(jam, jam.max_file_bytes))], ""
+        except EncodeError as exc:
+            return [], str(exc)
 
     async def post_track(self, jam: Jam) -> None:
         """The thread's track message (the card and the whole track), edited in place."""
@@ -275,10 +285,9 @@ class JamService:
             return
         content = f"🎶 The whole track so far: {len(jam.sections)} sections, {jam.seconds:.1f} s"
         embed = render.card(jam)
-        try:
-            files = [self.track_file(jam, await self.track(jam, jam.max_file_bytes))]
-        except EncodeError as exc:
-            files, content = [], f"{content}. {exc}"
+        files, why = await self._track_files(jam)
+        if why:
+            content = f"{content}. {why}"
         channel = self.thread(jam)
         if jam.track_message_id is not None:
             try:
@@ -347,14 +356,21 @@ class JamService:
         async with self.locked(jam) as jam:
             if jam.state is not JamState.OPEN:
                 raise UserError("This jam has ended already.")
-            running, dropped = jam.running, [item for item in jam.waiting if item.job_id is None]
-            jam.state, jam.closed_reason, jam.waiting = JamState.CLOSED, reason, []
-            await self.keep(jam)
+            running, dropped = await self._close(jam, reason, "🏁 The jam ended before this section started, "
+                                                               "so it was not made.")
         if running is not None and running.job_id is not None:
             self.bot.pipeline.engine.cancel(running.job_id, "the jam ended")
-        for item in dropped:
-            await self._drop_notice(jam, item, "🏁 The jam ended before this section started, so it was not made.")
         await self._post_final(jam, reason, dropped)
+
+    async def _close(self, jam: Jam, reason: str, notice: str) -> tuple[Waiting | None, list[Waiting]]:
+        """Mark the jam closed (the lock is held) and tell the sections that had not started ``notice``; returns
+        the running section and those dropped."""
+        running, dropped = jam.running, [item for item in jam.waiting if item.job_id is None]
+        jam.state, jam.closed_reason, jam.waiting = JamState.CLOSED, reason, []
+        await self.keep(jam)
+        for item in dropped:
+            await self._drop_notice(jam, item, notice)
+        return running, dropped
 
     async def _drop_notice(self, jam: Jam, item: Waiting, text: str) -> None:
         """Say on a waiting section's own message (its /jam add answer) that it will not be made."""
@@ -366,13 +382,8 @@ class JamService:
             log.info("jam %s: could not update the message of a dropped section", jam.id)
 
     async def _post_final(self, jam: Jam, reason: str, dropped: list[Waiting]) -> None:
-        files: list[discord.File] = []
-        note = ""
-        if jam.sections:
-            try:
-                files = [self.track_file(jam, await self.track(jam, jam.max_file_bytes))]
-            except EncodeError as exc:
-                note = f" {exc}"
+        files, why = await self._track_files(jam)
+        note = f" {why}" if why else ""
         text = (f"🏁 This jam has ended ({reason}). The final track, {jam.seconds:.1f} s, {render.credits(jam)}.{note}"
                 if jam.sections else f"🏁 This jam has ended ({reason}) before any section was made.")
         text += "".join(f"\n↩️ Not made: <@{item.author_id}>'s {safe(item.prompt, 60)}" for item in dropped)
@@ -406,11 +417,8 @@ class JamService:
     async def _orphaned(self, jam: Jam) -> None:
         """Close a jam whose thread is gone (the lock is held): nothing more can be posted there."""
         log.info("jam %s: its thread %s was deleted; closing it", jam.id, jam.thread_id)
-        dropped = jam.waiting[1:]
-        jam.state, jam.closed_reason, jam.waiting = JamState.CLOSED, "its thread was deleted", []
-        await self.keep(jam)
-        for item in dropped:
-            await self._drop_notice(jam, item, "🏁 The jam's thread was deleted, so this section was not made.")
+        await self._close(jam, "its thread was deleted",
+                          "🏁 The jam's thread was deleted, so this section was not made.")
 
     async def close_idle(self, hours: float, now: float | None = None) -> int:
         """End every open jam idle for ``hours``; returns how many."""
@@ -440,6 +448,17 @@ class JamService:
         record = await self.bot.store.journal.get(running.job_id)
         if record is not None and record.state.done:
             await self.section_ended(jam.id, running.job_id, record.state)
+
+
+def last_sections(jam: Jam, frames: int) -> list[Section]:
+    """The fewest last sections whose codes hold ``frames`` frames (all of them when the jam is shorter)."""
+    assert jam.frame_rate is not None
+    held = 0
+    for index in range(len(jam.sections) - 1, -1, -1):
+        held += round(jam.sections[index].seconds * jam.frame_rate)
+        if held >= frames:
+            return jam.sections[index:]
+    return jam.sections
 
 
 async def kept_track(audio_path: Path) -> tuple[bytes, bytes]:
