@@ -21,6 +21,7 @@ from generation.splice import codes_of
 from tests import audio_files
 from tests.bot_harness import World, job_of, running_bot, user_text
 from tests.fakes.discord import FakeAttachment, FakeInteraction, FakeMessage, FakeUser
+from tests.fakes.threads import delete_thread
 from tests.helpers import FaultyBackend, decode, tiny_backend
 from tests.redis_helpers import serving
 from tests.redis_server import RedisServer
@@ -291,4 +292,34 @@ async def test_a_jam_whose_thread_was_deleted_closes_and_the_channel_can_jam_aga
         await world.fake.wait_for(lambda: len(world.guild.threads_of(world.jam.id)) == 1
                                   and world.guild.threads_of(world.jam.id)[0].id != thread.id, timeout=30)
         assert (await again.wait_callback()).type == 5
+        await sections_posted(world, world.guild.threads_of(world.jam.id)[0].id, 1)
+
+
+async def test_a_thread_deleted_with_the_bot_watching_closes_its_jam_at_once(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        await sections_posted(world, thread.id, 1)
+        await delete_thread(world.fake, world.guild, thread)  # THREAD_DELETE
+        await world.fake.wait_for(lambda: bot.jams.open_in(world.jam.id) is None)
+        closed = await bot.jams.store.get(bot.jams.here(thread.id).id)  # as saved
+        assert closed is not None and closed.closed_reason == "its thread was deleted"
+
+
+async def test_a_thread_deleted_while_the_bot_was_away_does_not_block_a_new_jam(
+    world: World, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
+        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+        thread = thread_of(world)
+        await sections_posted(world, thread.id, 1)
+        world.guild.threads.remove(thread)  # no THREAD_DELETE: the bot learns it on the next /jam start
+        assert bot.jams.open_in(world.jam.id) is not None
+        again = await jam(world, "start", world.bob, world.jam, prompt="fresh", seconds=SECONDS)
+        assert (await again.wait_callback()).type == 5
+        await world.fake.wait_for(lambda: len(world.guild.threads_of(world.jam.id)) == 1, timeout=30)
         await sections_posted(world, world.guild.threads_of(world.jam.id)[0].id, 1)

@@ -73,6 +73,11 @@ class JamCog(commands.Cog, name="Jam"):
             except Exception:
                 log.exception("closing idle jams failed; trying again later")
 
+    @commands.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        """A jam whose thread is deleted closes at once, so its channel can jam again."""
+        await self.service.thread_deleted(payload.thread_id)
+
     # -- commands --------------------------------------------------------------------------------------
     @jam.command(name="start", description="Open a jam here: a thread where members add sections in turns")
     @app_commands.describe(prompt="The first section's music", title="The jam's name (default: the prompt)",
@@ -87,7 +92,7 @@ class JamCog(commands.Cog, name="Jam"):
         audio: discord.Attachment | None = None, mode: app_commands.Choice[str] | None = None,
     ) -> None:
         guild = self._checked(interaction)
-        self._jam_free(interaction)
+        await self._jam_free(interaction)
         if mode is not None and audio is None:
             raise UserError("`mode` says what to do with an audio file: attach one with the `audio` option.")
         how = Mode(mode.value) if mode is not None else Mode.CONTINUE
@@ -190,7 +195,7 @@ class JamCog(commands.Cog, name="Jam"):
     async def start_from_track(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """A jam whose first section is a posted track (its file and codes, as kept); the presser hosts it."""
         guild = self._checked(interaction)
-        self._jam_free(interaction)
+        await self._jam_free(interaction)
         if record.audio_path is None:
             raise UserError("That track's audio is no longer kept, so a jam can't start from it. Use `/jam start`.")
         if record.request.model not in self.bot.models:
@@ -212,10 +217,10 @@ class JamCog(commands.Cog, name="Jam"):
     def _checked(self, interaction: discord.Interaction) -> GuildSettings:
         return allowed_here(interaction, self.bot.store)
 
-    def _jam_free(self, interaction: discord.Interaction) -> None:
+    async def _jam_free(self, interaction: discord.Interaction) -> None:
         if isinstance(interaction.channel, discord.Thread):
             raise UserError("Start a jam in a text channel: it opens a thread of its own.")
-        jam = self.service.open_in(interaction.channel_id or 0)
+        jam = await self.service.live_in(interaction.channel_id or 0)
         if jam is not None:
             raise UserError(f"A jam is already on here, in <#{jam.thread_id}>: join it with `/jam add` there.")
 

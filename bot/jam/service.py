@@ -75,6 +75,15 @@ class JamService:
         return next((jam for jam in self._jams.values() if jam.state is JamState.OPEN
                      and channel_id in (jam.channel_id, jam.thread_id)), None)
 
+    async def live_in(self, channel_id: int) -> Jam | None:
+        """:meth:`open_in`, after closing that jam if its thread is gone (deleted while the bot was away, or its
+        THREAD_DELETE is not handled yet)."""
+        jam = self.open_in(channel_id)
+        if jam is not None and await self._thread_gone(jam):
+            await self.thread_deleted(jam.thread_id)
+            jam = self.open_in(channel_id)
+        return jam
+
     def here(self, channel_id: int) -> Jam:
         """The jam a command used here is about: the open one, else the last one of this thread."""
         jam = self.open_in(channel_id) or next(
@@ -106,7 +115,7 @@ class JamService:
     async def begin(self, jam: Jam, item: Waiting, reply: Reply, ready: Ready) -> None:
         """A new jam's first section: admitted (a refusal is instant and nothing is kept), then ``ready`` (the
         command defers and opens the thread), then the jam is saved and the section queued."""
-        if self.open_in(jam.channel_id) is not None or jam.channel_id in self._starting:
+        if await self.live_in(jam.channel_id) is not None or jam.channel_id in self._starting:
             raise UserError("A jam is already on in this channel: join it with `/jam add`.")
         self._starting.add(jam.channel_id)
         try:
@@ -415,10 +424,22 @@ class JamService:
         return False
 
     async def _orphaned(self, jam: Jam) -> None:
-        """Close a jam whose thread is gone (the lock is held): nothing more can be posted there."""
+        """Close a jam whose thread is gone (the lock is held): nothing more can be posted there, so its
+        running section is cancelled too."""
         log.info("jam %s: its thread %s was deleted; closing it", jam.id, jam.thread_id)
-        await self._close(jam, "its thread was deleted",
-                          "🏁 The jam's thread was deleted, so this section was not made.")
+        running, _ = await self._close(jam, "its thread was deleted",
+                                       "🏁 The jam's thread was deleted, so this section was not made.")
+        if running is not None and running.job_id is not None:
+            self.bot.pipeline.engine.cancel(running.job_id, "the jam's thread was deleted")
+
+    async def thread_deleted(self, thread_id: int) -> None:
+        """A thread was deleted (THREAD_DELETE, or found gone): the open jam posting there closes."""
+        jam = self.open_in(thread_id)
+        if jam is None or jam.thread_id != thread_id or jam.thread_id == jam.channel_id:
+            return
+        async with self.locked(jam) as jam:
+            if jam.state is JamState.OPEN:
+                await self._orphaned(jam)
 
     async def close_idle(self, hours: float, now: float | None = None) -> int:
         """End every open jam idle for ``hours``; returns how many."""

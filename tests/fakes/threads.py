@@ -58,6 +58,15 @@ async def _start(fake: FakeDiscord, guild: FakeGuild, parent: FakeChannel, body:
     return Reply(status=201, body={**thread.payload(), "member": thread.member_payload(fake.bot_user.id)})
 
 
+async def delete_thread(fake: FakeDiscord, guild: FakeGuild, thread: FakeThread) -> None:
+    """A moderator deletes ``thread``: it is gone from the guild, and THREAD_DELETE tells the gateway (with the
+    fields Discord sends: id, guild_id, parent_id, type)."""
+    guild.threads.remove(thread)
+    if fake.gateway.ready.is_set():
+        await fake.gateway.dispatch("THREAD_DELETE", {key: thread.payload()[key]
+                                                      for key in ("id", "guild_id", "parent_id", "type")})
+
+
 async def start_thread(fake: FakeDiscord, call: Call) -> Reply:
     """POST /channels/{channel_id}/threads: a thread without a starter message (private unless ``type`` says)."""
     guild, parent = _parent(fake, call)
