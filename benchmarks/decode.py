@@ -151,6 +151,7 @@ def setup(name: str, model_dir: Path, batches: tuple[int, ...]) -> dict[str, Any
         info.update(
             form=plan.linear.form, chosen_by=plan.linear.chosen_by, costs=plan.linear.costs,
             padding=f"min {padding.min_rows} rows, multiple of {padding.row_multiple}"
+            + (f", stops {list(padding.stops)}" if padding.stops else "")
             + ("" if padding.invariant else " (not row-invariant)"),
             padded_rows={batch: plan.linear.padded_rows(2 * batch) for batch in batches},
             quantised=plan.quantised_fraction, plan_threads=plan.threads,

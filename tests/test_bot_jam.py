@@ -41,6 +41,15 @@ def thread_of(world: World) -> Any:
     return thread
 
 
+async def jam_with_one_section(world: World) -> Any:
+    """alice starts a jam in #jam; its thread, once the first section is posted."""
+    await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
+    await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
+    thread = thread_of(world)
+    await sections_posted(world, thread.id, 1)
+    return thread
+
+
 def track_message(world: World, thread_id: int) -> FakeMessage | None:
     return next((m for m in world.fake.messages if m.channel_id == thread_id and not m.deleted
                  and m.content.startswith("🎶 The whole track so far")), None)
@@ -280,10 +289,7 @@ async def test_a_jam_whose_thread_was_deleted_closes_and_the_channel_can_jam_aga
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     async with running_bot(world.fake, tiny_model_dir, tmp_path):
-        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
-        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
-        thread = thread_of(world)
-        await sections_posted(world, thread.id, 1)
+        thread = await jam_with_one_section(world)
         world.guild.threads.remove(thread)  # a moderator deleted it
         add = await jam(world, "add", world.bob, world.jam, prompt="two", seconds=SECONDS)
         await world.fake.wait_for(lambda: add.original is not None and "thread to post in was deleted"
@@ -299,10 +305,7 @@ async def test_a_thread_deleted_with_the_bot_watching_closes_its_jam_at_once(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
-        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
-        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
-        thread = thread_of(world)
-        await sections_posted(world, thread.id, 1)
+        thread = await jam_with_one_section(world)
         await delete_thread(world.fake, world.guild, thread)  # THREAD_DELETE
         await world.fake.wait_for(lambda: bot.jams.open_in(world.jam.id) is None)
         closed = await bot.jams.store.get(bot.jams.here(thread.id).id)  # as saved
@@ -313,10 +316,7 @@ async def test_a_thread_deleted_while_the_bot_was_away_does_not_block_a_new_jam(
     world: World, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     async with running_bot(world.fake, tiny_model_dir, tmp_path) as bot:
-        await jam(world, "start", world.alice, world.jam, prompt="one", seconds=SECONDS)
-        await world.fake.wait_for(lambda: world.guild.threads_of(world.jam.id) != [])
-        thread = thread_of(world)
-        await sections_posted(world, thread.id, 1)
+        thread = await jam_with_one_section(world)
         world.guild.threads.remove(thread)  # no THREAD_DELETE: the bot learns it on the next /jam start
         assert bot.jams.open_in(world.jam.id) is not None
         again = await jam(world, "start", world.bob, world.jam, prompt="fresh", seconds=SECONDS)

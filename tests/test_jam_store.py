@@ -45,6 +45,13 @@ async def test_a_jam_and_its_blobs_are_kept_and_read_back(jams: JamStore) -> Non
     assert await jams.get("nope") is None
 
 
+async def test_open_jams_come_oldest_first(jams: JamStore) -> None:
+    older, newer = a_jam(created_at=100.0, channel_id=20), a_jam(created_at=200.0, channel_id=30)
+    for jam in (newer, older):
+        await jams.save(jam)
+    assert [found.id for found in await jams.open_jams()] == [older.id, newer.id]
+
+
 async def test_a_closed_jam_is_not_open_and_is_pruned_after_the_retention(jams: JamStore) -> None:
     jam = a_jam()
     await jams.save(jam)

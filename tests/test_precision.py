@@ -31,8 +31,10 @@ from generation.backends.precision import (
     PrecisionPlan,
     RowPadding,
     apply_precision,
+    cheaper_stops,
     choose_padding,
     linear,
+    measure_counts,
     measure_forms,
     resolve_mode,
 )
@@ -208,6 +210,31 @@ def test_padded_jobs_land_on_padded_rows(padding: RowPadding, jobs: list[int]) -
         assert rows >= padding.min_rows and rows % padding.row_multiple == 0
 
 
+def test_stops_raise_a_step_to_the_next_kept_count_of_its_class() -> None:
+    padding = RowPadding(12, 1, stops=(12, 16))
+    assert [padding.padded_rows(rows) for rows in (2, 12, 13, 14, 16, 18)] == [12, 12, 16, 16, 16, 18]
+    assert RowPadding(4, 4, stops=(8,)).padded_rows(2) == 8
+    assert RowPadding(12, 1).counts(16) == [12, 13, 14, 15, 16]
+    assert RowPadding(4, 4).counts(14) == [4, 8, 12, 16]
+
+
+def test_cheaper_stops_skip_counts_that_a_larger_count_clearly_beats() -> None:
+    padding = RowPadding(12, 1)
+    measured = {12: 1.79, 13: 2.28, 14: 2.35, 15: 2.73, 16: 1.73}  # MKL's swapped form, an AMD EPYC
+    assert cheaper_stops(padding, measured) == RowPadding(12, 1, stops=(12, 16))
+    rising = {12: 1.0, 13: 1.1, 14: 1.2, 15: 1.3, 16: 1.4}
+    assert cheaper_stops(padding, rising) == padding  # nothing to skip: no stops
+    noise = {12: 1.0, 13: 1.05, 14: 0.97, 15: 1.0, 16: 0.95}
+    assert cheaper_stops(padding, noise) == padding  # within the margin: not worth more rows
+    stops = cheaper_stops(padding, measured).stops
+    assert all(stop in measured for stop in stops) and stops[-1] == max(measured)  # all in the class
+
+
+def test_measure_counts_times_each_count() -> None:
+    costs = measure_counts([torch.randn(96, 32)], "swapped", [4, 8, 12], repeats=1)
+    assert sorted(costs) == [4, 8, 12] and all(seconds > 0 for seconds in costs.values())
+
+
 def test_choose_padding_adds_the_fewest_rows() -> None:
     # what MKL gives F.linear: stable from 12 rows at any count, or from 4 at multiples of 4
     assert choose_padding({1: 12, 2: 12, 4: 4, 8: 8}) == RowPadding(4, 4)
@@ -343,7 +370,7 @@ def row_bits_hold(layer: nn.Module, padding: RowPadding, inputs: int) -> None:
     generator = torch.Generator().manual_seed(2)
     row = torch.randn(1, inputs, generator=generator)
     counts = sorted({padding.padded_rows(rows) for rows in range(1, LIMIT + 1)})
-    assert counts[0] == padding.min_rows and len(counts) >= 3, counts
+    assert counts[0] == padding.padded_rows(1) >= padding.min_rows and len(counts) >= 3, counts
     reference = None
     with torch.no_grad():
         for count in counts:

@@ -40,7 +40,7 @@ def blob_name(number: int, kind: str) -> str:
 class JamStore(Protocol):
     async def save(self, jam: Jam) -> None: ...
     async def get(self, jam_id: str) -> Jam | None: ...
-    async def open_jams(self) -> list[Jam]: ...
+    async def open_jams(self) -> list[Jam]: ...  # oldest first
     async def put_blob(self, jam_id: str, name: str, data: bytes) -> None: ...
     async def get_blob(self, jam_id: str, name: str) -> bytes | None: ...
     async def prune(self, before: float) -> int: ...
@@ -66,8 +66,8 @@ class SqliteJams:
         return Jam.model_validate_json(rows[0][0]) if rows else None
 
     async def open_jams(self) -> list[Jam]:
-        rows = await self._fetch("SELECT data FROM jams WHERE state = ? ORDER BY rowid", (JamState.OPEN.value,))
-        return [Jam.model_validate_json(data) for (data,) in rows]
+        rows = await self._fetch("SELECT data FROM jams WHERE state = ?", (JamState.OPEN.value,))
+        return sorted((Jam.model_validate_json(data) for (data,) in rows), key=lambda jam: jam.created_at)
 
     async def put_blob(self, jam_id: str, name: str, data: bytes) -> None:
         await self._write("INSERT OR REPLACE INTO jam_blobs (jam_id, name, data) VALUES (?, ?, ?)",
@@ -128,8 +128,9 @@ class RedisJams:
     async def open_jams(self) -> list[Jam]:
         ids = sorted(member.decode() if isinstance(member, bytes) else str(member)
                      for member in await self.client.smembers(self.prefix + "jams:open"))
-        jams = [await self.get(jam_id) for jam_id in ids]
-        return sorted((jam for jam in jams if jam is not None), key=lambda jam: jam.created_at)
+        found = await self.client.mget([self._key(jam_id) for jam_id in ids]) if ids else []
+        jams = [Jam.model_validate_json(data) for data in found if data is not None]
+        return sorted(jams, key=lambda jam: jam.created_at)
 
     async def put_blob(self, jam_id: str, name: str, data: bytes) -> None:
         await self.client.hset(self._key(jam_id) + ":blobs", name, data)

@@ -47,7 +47,10 @@ rows every row differs). With 1 thread ``F.linear`` is stable from 4 rows on. bf
 row-scaled int8 give the same bits at every count. Since this depends on the BLAS, the
 CPU and the thread count, :func:`probe_row_classes` measures it at load for the computation
 the plan uses, and :func:`choose_padding` picks the cheapest padding that lands on stable
-counts (:class:`RowPadding`: at least ``min_rows``, a multiple of ``row_multiple``). With
+counts (:class:`RowPadding`: at least ``min_rows``, a multiple of ``row_multiple``). A count's
+cost is not monotone in rows, so the fp32 forms also time their class's counts up to 8 jobs'
+rows (:func:`measure_counts`, a few ms) and a step skips to a larger count of the class where
+that one is clearly cheaper (:func:`cheaper_stops`). With
 it, a job's bits do not depend on how many jobs share its step, as long as the thread count
 stays ``plan.threads``. On CUDA nothing is padded and nothing is promised.
 
@@ -59,7 +62,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, cast
 
@@ -83,6 +86,7 @@ PROBE_COUNTS = (*range(1, 25), 32, 40)  # the row counts at which probe_row_clas
 ROW_MULTIPLES = (1, 2, 4, 8)  # paddings to a multiple of these are probed
 MEASURED_JOBS = (1, 8)  # the decode steps measure_forms prices: 1 job and 8 jobs
 ROWS_PER_JOB = 2  # classifier-free guidance: a conditioned row and a null row
+STOP_MARGIN = 0.1  # a step is raised to a larger count of its class only if that is this much cheaper
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,16 @@ class RowPadding:
     min_rows: int
     row_multiple: int
     invariant: bool = True
+    stops: tuple[int, ...] = ()  # sorted counts of the class a step is raised to, where measured cheaper
 
     def padded_rows(self, rows: int) -> int:
-        return max(self.min_rows, -(-rows // self.row_multiple) * self.row_multiple)
+        least = max(self.min_rows, -(-rows // self.row_multiple) * self.row_multiple)
+        return next((stop for stop in self.stops if stop >= least), least)
+
+    def counts(self, most_rows: int) -> list[int]:
+        """The counts of the class from ``min_rows`` up to the padded count of ``most_rows``."""
+        top = max(self.min_rows, -(-most_rows // self.row_multiple) * self.row_multiple)
+        return list(range(self.min_rows, top + 1, self.row_multiple))
 
 
 @dataclass(frozen=True)
@@ -297,10 +308,51 @@ def row_padding(compute: Callable[[torch.Tensor], torch.Tensor], in_features: in
     return choose_padding(probe_row_classes(compute, in_features))
 
 
+def cheaper_stops(padding: RowPadding, costs: dict[int, float], margin: float = STOP_MARGIN) -> RowPadding:
+    """``padding`` with stops: a count that some larger count of its class beats by ``margin`` is skipped,
+    and a step is raised to the next count kept (a BLAS's cost is not monotone in rows: measured with
+    MKL on an AMD EPYC, the swapped fp32 linear costs about 1.4x more at 14 rows than at 16).
+
+    ``costs`` holds seconds per count for the class's counts, as :func:`measure_counts` gives.
+    Every stop is a count of the class, so a row's bits stay the same.
+    """
+    counts = sorted(costs)
+    stops = [count for index, count in enumerate(counts)
+             if all(costs[count] * (1 - margin) <= costs[larger] for larger in counts[index + 1:])]
+    if stops == counts:  # no count is worth skipping
+        return padding
+    return replace(padding, stops=tuple(stops))
+
+
 def _best_time(call: Callable[[], object], best: float) -> float:
     start = time.perf_counter()
     call()
     return min(best, time.perf_counter() - start)
+
+
+def measure_counts(
+    weights: Sequence[torch.Tensor], form: Form, counts: Sequence[int], repeats: int = 3
+) -> dict[int, float]:
+    """Seconds per row count for one linear of each weight in ``form``, summed (the fastest of
+    ``repeats``, counts interleaved, so load on the machine weighs on each alike)."""
+    cases = []
+    for weight in weights:
+        x = torch.randn(max(counts), weight.shape[1])
+        cases += [(rows, partial(linear, x[:rows].contiguous(), weight, None, form)) for rows in counts]
+    costs = dict.fromkeys(counts, 0.0)
+    for (rows, _), seconds in zip(cases, _fastest([call for _, call in cases], repeats), strict=True):
+        costs[rows] += seconds
+    return costs
+
+
+def _fastest(calls: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """The fastest of ``repeats`` timings of each call, calls interleaved (after a round that warms caches up)."""
+    best = [float("inf")] * len(calls)
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            for index, call in enumerate(calls):
+                best[index] = _best_time(call, best[index])
+    return best
 
 
 def measure_forms(
@@ -315,18 +367,14 @@ def measure_forms(
     are interleaved and the fastest of ``repeats`` is kept, so load on the machine weighs
     on both alike.
     """
-    cases = []
+    cases: list[tuple[Form, Callable[[], object]]] = []
     for weight in weights:
         counts = {form: [padding[form].padded_rows(ROWS_PER_JOB * j) for j in jobs] for form in FORMS}
         x = torch.randn(max(max(rows) for rows in counts.values()), weight.shape[1])
-        cases += [(form, x[:rows].contiguous(), weight) for form in FORMS for rows in counts[form]]
-    best = [float("inf")] * len(cases)
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first round warms caches up
-            for index, (form, x, weight) in enumerate(cases):
-                best[index] = _best_time(partial(linear, x, weight, None, form), best[index])
+        cases += [(form, partial(linear, x[:rows].contiguous(), weight, None, form))
+                  for form in FORMS for rows in counts[form]]
     costs: dict[Form, float] = dict.fromkeys(FORMS, 0.0)
-    for (form, _, _), seconds in zip(cases, best, strict=True):
+    for (form, _), seconds in zip(cases, _fastest([call for _, call in cases], repeats), strict=True):
         costs[form] += seconds
     return costs
 
@@ -396,11 +444,21 @@ def _cpu_linear_plan(mode: Mode, layers: list[nn.Linear], requested: str) -> Lin
         return LinearPlan("linear", row_padding(Int8Linear(probe, None), probe.shape[1]), "fixed")
     if requested in FORMS:
         form = cast(Form, requested)
-        return LinearPlan(form, row_padding(_in_form(probe, form), probe.shape[1]), "forced")
-    padding = {form: row_padding(_in_form(probe, form), probe.shape[1]) for form in FORMS}
-    costs = measure_forms(_representative_weights(layers), padding)
+        return LinearPlan(form, _measured_padding(probe, _representative_weights(layers), form), "forced")
+    weights = _representative_weights(layers)
+    padding = {form: _measured_padding(probe, weights, form) for form in FORMS}
+    costs = measure_forms(weights, padding)
     chosen: Form = "swapped" if costs["swapped"] < costs["linear"] else "linear"
     return LinearPlan(chosen, padding[chosen], "measured", {name: round(value, 6) for name, value in costs.items()})
+
+
+def _measured_padding(probe: torch.Tensor, weights: Sequence[torch.Tensor], form: Form) -> RowPadding:
+    """The form's row class, with stops where a larger count of it measured cheaper (up to 8 jobs' rows)."""
+    padding = row_padding(_in_form(probe, form), probe.shape[1])
+    if not padding.invariant:
+        return padding
+    counts = padding.counts(ROWS_PER_JOB * max(MEASURED_JOBS))
+    return cheaper_stops(padding, measure_counts(weights, form, counts)) if len(counts) > 1 else padding
 
 
 def _check_form_request(mode: Mode, kind: str, requested: str) -> None:

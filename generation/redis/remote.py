@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -38,6 +39,7 @@ from generation.redis.jobs import RedisJobs
 from generation.redis.records import Event, text
 from generation.redis.registry import WorkerInfo, live_workers
 from generation.redis.results import unpack
+from generation.redis.retry import retrying
 from generation.settings import EngineSettings
 from generation.tasks import cancel_and_wait
 
@@ -257,8 +259,9 @@ class RemoteEngine:
 
     # -- the inbox --------------------------------------------------------------------------------
     async def _read_forever(self) -> None:
-        await self._retry(self.redis.setup)
-        await self._retry(self.inbox.setup)
+        unreachable = partial(self._reachable, False)
+        await retrying(self.redis.setup, 0.5, 10.0, on_error=unreachable)
+        await retrying(self.inbox.setup, 0.5, 10.0, on_error=unreachable)
         while True:
             try:
                 for event in await self.inbox.read(block=1.0):
@@ -324,15 +327,4 @@ class RemoteEngine:
         elif not now and self.reachable:
             log.warning("Redis is unreachable (%s); retrying", exc)
         self.reachable = now
-
-    async def _retry(self, call: Callable[[], Any]) -> None:
-        wait = 0.5
-        while True:
-            try:
-                await call()
-                return
-            except RedisError as exc:
-                self._reachable(False, exc)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 10.0)
 

@@ -36,6 +36,7 @@ from generation.redis.inputs import fetch_inputs, fetched_files
 from generation.redis.jobs import RedisJobs
 from generation.redis.records import Lease
 from generation.redis.results import pack
+from generation.redis.retry import retrying
 from generation.redis.settings import WorkerTimings
 from generation.redis.status import WorkerBook
 from generation.tasks import cancel_and_wait
@@ -84,7 +85,7 @@ class RedisWorker:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns once every held job is settled."""
-        await _retrying(self.jobs.setup, self.timings.retry, self.timings.heartbeat, self._stopping)
+        await retrying(self.jobs.setup, self.timings.retry, self.timings.heartbeat, stop=self._stopping)
         log.info("worker %s serving %s with %d rows", self.name, self.model, self.engine.settings.max_batch)
         with contextlib.suppress(RedisError):
             await self._publish()
@@ -138,9 +139,9 @@ class RedisWorker:
     async def _run(self, lease: Lease) -> None:
         """Fetch the job's audio inputs, submit it to the engine (one engine job per run), follow it."""
         try:
-            request = await _retrying(
+            request = await retrying(
                 partial(fetch_inputs, self.jobs.client, self.jobs.keys, lease.request(), self._inputs, lease.entry),
-                self.timings.retry, self.timings.heartbeat, None,
+                self.timings.retry, self.timings.heartbeat,
             )
             if self._stopping.is_set():
                 raise EngineClosed("the worker is stopping")
@@ -185,7 +186,7 @@ class RedisWorker:
     async def _settle(self, lease: Lease, report: Callable[[], Awaitable[T]]) -> T:
         """Report a job's end, retrying while Redis is away (a fenced report is safe to repeat)."""
         try:
-            return await _retrying(report, self.timings.retry, self.timings.heartbeat, None)
+            return await retrying(report, self.timings.retry, self.timings.heartbeat)
         finally:
             self._forget(lease.entry)
 
@@ -289,18 +290,3 @@ class RedisWorker:
             await report
         except RedisError as exc:
             self._unreachable(exc)
-
-
-async def _retrying(call: Callable[[], Awaitable[T]], first: float, longest: float,
-                    stop: asyncio.Event | None) -> T:
-    """``call()`` until Redis answers, waiting ``first`` seconds, doubling up to ``longest``."""
-    wait = first
-    while True:
-        try:
-            return await call()
-        except RedisError as exc:
-            if stop is not None and stop.is_set():
-                raise
-            log.warning("Redis is unreachable (%s): trying again in %.1f s", exc, wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, longest)
