@@ -1,6 +1,6 @@
 """Continuous vs static batching: time from request to file on a stream of requests.
 
-    .venv/bin/python benchmarks/continuous.py          # small architecture, 3 runs: ~25 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/continuous.py          # small architecture, 3 runs: ~50 minutes on 2 CPU cores
     .venv/bin/python benchmarks/continuous.py --scale tiny --runs 1   # a quick look
 
 24 requests on the musicgen-small architecture (random weights, CPU): 18 of 2 s and 6
