@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import discord
 
 from bot.delivery import Delivery, Post, deliver, file_name, find_post, picture_for, save_audio
+from bot.deployments import deployment_for
 from bot.errors import UserError, user_message
 from bot.journal import JobRecord, State
 from bot.recovery import kept_audio, reply_of, timing_of
@@ -88,8 +89,8 @@ class Pipeline:
         self.audio_dir = engine.settings.data_dir / "audio"
         self._look_first: set[str] = set()  # adopted jobs: another process may have posted them already
         self.on_section_end: SectionEnd | None = None  # set by the jam service
-        if isinstance(engine, RemoteEngine):
-            engine.adopt = self._adopt
+        self.deployment = deployment_for(engine, self.admission)
+        self.deployment.adopt_with(self._adopt)
         self._snapshot_at: tuple[float, tuple[dict[str, int], dict[str, tuple[float, float]] | None]] | None = None
 
     # -- limits ---------------------------------------------------------------------------
@@ -128,7 +129,8 @@ class Pipeline:
         interaction that asked, or a reply made for it (a jam's section, posted in the jam's thread).
 
         In process, the limits are checked here and the jobs are submitted by :meth:`launch`. On Redis
-        the check, the charge and the queueing are one step there, shared by every bot process.
+        the check, the charge and the queueing are one step there, shared by every bot process
+        (:mod:`bot.deployments`).
         """
         if not self.accepting:
             raise UserError("The bot is restarting; try again in a minute.")
@@ -140,21 +142,13 @@ class Pipeline:
                         takes=takes)
         ticket.job_ids = [secrets.token_hex(6) for _ in requests]
         ticket.note = self._long_track_note(requests, ticket.tokens)
-        if isinstance(self.engine, RemoteEngine):
-            metas = [self._record(ticket, job_id, request).model_dump_json()
-                     for job_id, request in zip(ticket.job_ids, requests, strict=True)]
-            ticket.handles += await self.engine.admit(  # one request counts one, however many takes (as in process)
-                requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=ticket.job_ids, charge=1,
-                tokens=ticket.tokens,
-            )
-            ticket.reserved = 0
-        else:
-            reserved = sum(ticket.reserved for ticket in self._tickets if not ticket.handles)
-            active = len(self.tickets_of(asker.user_id, asker.guild_id))
-            self.admission.admit(
-                key, limits, active=active, queued_total=len(self.engine.positions()) + reserved + len(requests) - 1,
-                exempt=exempt, tokens=ticket.tokens,
-            )
+        await self.deployment.admit(
+            ticket, requests, key=key, limits=limits, exempt=exempt,
+            active=len(self.tickets_of(asker.user_id, asker.guild_id)),
+            reserved=sum(ticket.reserved for ticket in self._tickets if not ticket.handles),
+            metas=[self._record(ticket, job_id, request).model_dump_json()  # a job's own record, for other bots
+                   for job_id, request in zip(ticket.job_ids, requests, strict=True)],
+        )
         self._tickets.add(ticket)
         return ticket
 
@@ -165,17 +159,14 @@ class Pipeline:
         if refund:
             for handle in ticket.handles:
                 self.engine.cancel(handle.id, "not queued")
-            if not isinstance(self.engine, RemoteEngine):
-                self.admission.refund(f"{ticket.guild_id}:{ticket.user_id}", ticket.tokens)
+            self.deployment.refund(ticket)
 
     # -- launching --------------------------------------------------------------------------
     async def launch(self, ticket: Ticket, requests: Sequence[JobRequest]) -> bool:
         """Submit the ticket's jobs and journal them (before the user reads "queued"), then follow them. False
         when they could not be (the user read why)."""
         try:
-            if isinstance(self.engine, Engine):
-                for job_id, request in zip(ticket.job_ids, requests, strict=True):
-                    ticket.handles.append(self.engine.submit(request, job_id=job_id))
+            self.deployment.submit(ticket, requests)
             await self.store.journal.add(self._record(ticket, handle.id, handle.request) for handle in ticket.handles)
         except Exception as exc:
             self.release(ticket, refund=True)
@@ -232,8 +223,7 @@ class Pipeline:
                 status.set(lambda: self._render(ticket))
 
         await self._guard(ticket, handle.id, status, events())
-        if isinstance(self.engine, RemoteEngine):
-            await self.engine.settled(handle.id)  # posted, or its user told why not: not read again
+        await self.deployment.settled(handle.id)  # posted, or its user told why not
 
     async def _guard(self, ticket: Ticket, job_id: str, status: ThrottledEditor, work: Awaitable[None]) -> None:
         """The job pipeline's error boundary: whatever fails, the user reads why (with an error id)."""
@@ -441,37 +431,16 @@ class Pipeline:
 
     # -- shutdown -----------------------------------------------------------------------------
     async def shutdown(self, grace: float) -> None:
-        """Refuse new work; queued jobs keep their place in the journal; the running batch gets ``grace`` s."""
+        """Refuse new work; queued jobs keep their place (in the journal, or in Redis); the work under way gets
+        ``grace`` s; every ticket's task is awaited."""
         self.accepting = False
         self.stopping = True
-        if isinstance(self.engine, RemoteEngine):
-            await self._shutdown_remote(grace)
-            return
-        for handle in self.engine.jobs():
-            if handle.state is JobState.QUEUED:
-                self.engine.cancel(handle.id, "paused")
-        running = [asyncio.ensure_future(handle.outcome()) for handle in self.engine.jobs()]
-        if running:
-            log.info("waiting up to %.0f s for %d running jobs", grace, len(running))
-            await asyncio.wait(running, timeout=grace)
-        await self.engine.close("paused")
-        await asyncio.gather(*running, return_exceptions=True)
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _shutdown_remote(self, grace: float) -> None:
-        """On Redis the jobs go on without this process: stop following them (their ends wait in the inbox)
-        and give the posts under way ``grace`` s."""
-        await self.engine.close("paused")
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.deployment.shutdown(grace, self._tasks)
 
     # -- adopting (Redis) -----------------------------------------------------------------------
     async def _adopt(self, job_id: str, request: JobRequest, meta: str | None) -> JobHandle | None:
-        """Follow a job another run of the bot admitted: from this journal, else from the job's own record."""
-        assert isinstance(self.engine, RemoteEngine)
+        """Follow a job another run of the bot admitted (on Redis): from this journal, else from the job's own
+        record."""
         record = await self.store.journal.get(job_id)
         if record is not None and (record.state.done or record.state is State.DELIVERING):
             return None  # posted, or its kept audio is delivered by recovery
@@ -483,6 +452,6 @@ class Pipeline:
             self._look_first.add(job_id)  # its first bot may have posted it before it stopped
         ticket = Ticket(reply_of(self.client, record), record.title, reserved=0, id=record.ticket_id,
                         jam_id=record.jam_id)
-        ticket.handles.append(self.engine.attach(job_id, request))
+        ticket.handles.append(self.deployment.rejoin(job_id, request))
         self.follow(ticket)
         return ticket.handles[0]

@@ -27,7 +27,6 @@ from bot.reply import Reply
 from bot.takes import Takes
 from bot.tickets import Ticket, Timing, ended_line
 from generation.encode import EncodedAudio, probe
-from generation.redis.remote import RemoteEngine
 
 if TYPE_CHECKING:
     from bot.pipeline import Pipeline
@@ -73,10 +72,8 @@ async def _resume(pipeline: Pipeline, records: list[JobRecord]) -> None:
     for record in records:
         if await _is_kept(record.audio_path):
             kept.append(record)
-        elif isinstance(pipeline.engine, RemoteEngine):  # still in Redis: follow it again
-            ticket.handles.append(pipeline.engine.attach(record.job_id, record.request))
-        elif await _may_run_again(pipeline, ticket, record):
-            ticket.handles.append(pipeline.engine.submit(record.request, job_id=record.job_id))
+        elif pipeline.deployment.jobs_outlive_bot or await _may_run_again(pipeline, ticket, record):
+            ticket.handles.append(pipeline.deployment.rejoin(record.job_id, record.request))  # Redis: still there
     if ticket.handles:
         ticket.note = RESTARTED
     pipeline.follow(ticket, kept)
