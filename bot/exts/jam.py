@@ -169,10 +169,10 @@ class JamCog(commands.Cog, name="Jam"):
         if not jam.sections:
             raise UserError("The jam has no section yet: its first one is on its way.")
         await interaction.response.defer(thinking=True)
-        audio = await self.service.track(jam, interaction.filesize_limit)
+        audio = await self.service.thread.track(jam, interaction.filesize_limit)
         await interaction.followup.send(
             f"🎶 **{safe(jam.title, 100)}**, {jam.seconds:.1f} s, {render.credits(jam)}",
-            embed=render.card(jam), file=self.service.track_file(jam, audio),
+            embed=render.card(jam), file=self.service.thread.track_file(jam, audio),
             allowed_mentions=discord.AllowedMentions.none(),
         )
 
@@ -208,7 +208,7 @@ class JamCog(commands.Cog, name="Jam"):
         async with self.service.locked(jam) as jam:
             await self.service.add_section(jam, record, data, codes, context_frames=0)
             await self.service.keep(jam)
-            await self.service.post_track(jam)
+            await self.service.thread.post_track(jam)
         await interaction.followup.send(
             f"🎶 <@{interaction.user.id}> started a jam from <@{record.user_id}>'s track in <#{jam.thread_id}>.{note} "
             "Add sections there with `/jam add`.", allowed_mentions=discord.AllowedMentions.none())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,19 +24,19 @@ import aiofiles
 import discord
 from redis.exceptions import RedisError
 
-from bot.delivery import codes_path, slug
+from bot.delivery import codes_path
 from bot.errors import UserError, user_message
 from bot.jam import render
 from bot.jam.model import CONTEXT_SECONDS, Jam, JamState, Section, Waiting, check_add, check_may_change
 from bot.jam.store import JamStore, blob_name
+from bot.jam.thread import JamThread
 from bot.journal import JobRecord, State
 from bot.pipeline import Asker
-from bot.reply import TOKEN_LIFETIME, Reply, only_user
+from bot.reply import TOKEN_LIFETIME, Reply
 from bot.ui.text import safe
-from generation.encode import EncodedAudio, probe
-from generation.errors import EncodeError
-from generation.jobs import JobRequest, OutputFormat
-from generation.splice import Part, codes_bytes, codes_of, encode_segment, splice, tail
+from generation.encode import probe
+from generation.jobs import JobRequest
+from generation.splice import codes_bytes, codes_of, tail
 
 if TYPE_CHECKING:
     from bot.app import JamBot
@@ -57,6 +56,7 @@ class JamService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._starting: set[int] = set()  # channels where a jam is being opened
         self.folder = bot.engine.settings.data_dir / "jams"  # the codes each section continues (job inputs)
+        self.thread = JamThread(bot, store, self.keep)  # what the jam shows in its thread
 
     # -- lookups -----------------------------------------------------------------------------------------
     async def load(self) -> bool:
@@ -79,7 +79,7 @@ class JamService:
         """:meth:`open_in`, after closing that jam if its thread is gone (deleted while the bot was away, or its
         THREAD_DELETE is not handled yet)."""
         jam = self.open_in(channel_id)
-        if jam is not None and await self._thread_gone(jam):
+        if jam is not None and await self.thread.gone(jam):
             await self.thread_deleted(jam.thread_id)
             jam = self.open_in(channel_id)
         return jam
@@ -160,8 +160,8 @@ class JamService:
                 if jam.waiting and jam.waiting[0] is item:
                     jam.waiting.pop(0)
                 await self.keep(jam)
-                await self._say(jam, f"<@{item.author_id}> your section ({safe(item.prompt, 80)}) could not start: "
-                                     f"{reason}", item.author_id)
+                text = f"<@{item.author_id}> your section ({safe(item.prompt, 80)}) could not start: {reason}"
+                await self.thread.say(jam, text, item.author_id)
 
     async def _launch(self, jam: Jam, item: Waiting, reply: Reply, ready: Ready | None = None) -> None:
         number = len(jam.sections) + 1
@@ -188,7 +188,8 @@ class JamService:
         if jam.sections:
             assert jam.frame_rate is not None
             frames = round(CONTEXT_SECONDS * jam.frame_rate)
-            codes = [codes_of(await self._blob(jam, section.number, "codes")) for section in last_sections(jam, frames)]
+            codes = [codes_of(await self.thread.blob(jam, section.number, "codes"))
+                     for section in last_sections(jam, frames)]
             context = tail(codes, frames)
             item.context_frames = int(context.shape[1])
             path = self.folder / f"{jam.id}-{number}.npy"
@@ -217,23 +218,23 @@ class JamService:
             running = jam.running
             if running is None or running.job_id != job_id:
                 return  # taken already (a restart), or dropped by /jam end
-            if state is not State.DELIVERED and await self._thread_gone(jam):
+            if state is not State.DELIVERED and await self.thread.gone(jam):
                 await self._orphaned(jam)
                 return
+            yours = f"<@{running.author_id}> your section ({safe(running.prompt, 80)}) was"
             if state is State.DELIVERED:
                 try:
                     await self._take(jam, running, job_id)
                 except Exception as exc:  # the jam goes on without it: its author is told why
-                    await self._say(jam, f"<@{running.author_id}> your section ({safe(running.prompt, 80)}) was "
-                                         f"posted but could not join the jam: {user_message(exc)}", running.author_id)
+                    await self.thread.say(jam, f"{yours} posted but could not join the jam: {user_message(exc)}",
+                                          running.author_id)
             else:
-                await self._say(jam, f"<@{running.author_id}> your section ({safe(running.prompt, 80)}) was "
-                                     f"{state.value}; the jam goes on from section {len(jam.sections)}.",
-                                running.author_id)
+                await self.thread.say(jam, f"{yours} {state.value}; the jam goes on from section {len(jam.sections)}.",
+                                      running.author_id)
             jam.waiting.pop(0)
             jam.active_at = time.time()
             await self.keep(jam)
-            await self._refresh(jam)
+            await self.thread.refresh(jam)
             await self._start_next(jam)
 
     async def _take(self, jam: Jam, item: Waiting, job_id: str) -> None:
@@ -261,71 +262,6 @@ class JamService:
             context_seconds=context_frames / jam.frame_rate, message_id=record.message_id,
         ))
 
-    async def _blob(self, jam: Jam, number: int, kind: str) -> bytes:
-        data = await self.store.get_blob(jam.id, blob_name(number, kind))
-        if data is None:
-            raise RuntimeError(f"jam {jam.id}: section {number}'s {kind} is missing")
-        return data
-
-    # -- the whole track -----------------------------------------------------------------------------------
-    async def track(self, jam: Jam, max_bytes: int | None) -> EncodedAudio:
-        """Every section spliced at its context boundary (50 ms crossfade), encoded under ``max_bytes``."""
-        parts = [Part(await self._blob(jam, section.number, "audio"), section.context_seconds)
-                 for section in jam.sections]
-        segment = await asyncio.to_thread(splice, parts)
-        return await asyncio.to_thread(encode_segment, segment, OutputFormat(jam.format), max_bytes)
-
-    def track_file(self, jam: Jam, audio: EncodedAudio) -> discord.File:
-        return discord.File(io.BytesIO(audio.data), filename=f"{slug(jam.title, 'jam')}-jam{audio.extension}")
-
-    async def _track_files(self, jam: Jam) -> tuple[list[discord.File], str]:
-        """The whole track as the file to post (none for a jam without sections), or no file and why (it cannot
-        fit the upload limit)."""
-        if not jam.sections:
-            return [], ""
-        try:
-            return [self.track_file(jam, await self.track(jam, jam.max_file_bytes))], ""
-        except EncodeError as exc:
-            return [], str(exc)
-
-    async def post_track(self, jam: Jam) -> None:
-        """The thread's track message (the card and the whole track), edited in place."""
-        if not jam.sections:
-            return
-        content = f"🎶 The whole track so far: {len(jam.sections)} sections, {jam.seconds:.1f} s"
-        embed = render.card(jam)
-        files, why = await self._track_files(jam)
-        if why:
-            content = f"{content}. {why}"
-        channel = self.thread(jam)
-        if jam.track_message_id is not None:
-            try:
-                await channel.get_partial_message(jam.track_message_id).edit(
-                    content=content, embed=embed, attachments=files, allowed_mentions=discord.AllowedMentions.none())
-                return
-            except discord.NotFound:
-                log.info("jam %s: its track message is gone; posting a new one", jam.id)
-        message = await channel.send(content, embed=embed, files=files, allowed_mentions=discord.AllowedMentions.none())
-        jam.track_message_id = message.id
-        await self.keep(jam)
-
-    async def _refresh(self, jam: Jam) -> None:
-        """:meth:`post_track`, whose failure is logged: the jam goes on (the next post tries again)."""
-        try:
-            await self.post_track(jam)
-        except Exception:
-            log.exception("jam %s: could not update its track message", jam.id)
-
-    def thread(self, jam: Jam) -> discord.PartialMessageable:
-        return self.bot.get_partial_messageable(jam.thread_id, guild_id=jam.guild_id)
-
-    async def _say(self, jam: Jam, text: str, user_id: int | None = None) -> None:
-        mentions = only_user(user_id) if user_id is not None else discord.AllowedMentions.none()
-        try:
-            await self.thread(jam).send(text[:2000], allowed_mentions=mentions)
-        except discord.HTTPException:
-            log.warning("jam %s: could not post in its thread %s", jam.id, jam.thread_id, exc_info=True)
-
     # -- undo and end --------------------------------------------------------------------------------------
     async def undo(self, jam: Jam, by: int, moderator: bool) -> str:
         """Drop the jam's last section: a waiting one, else the last posted (never the first)."""
@@ -347,17 +283,9 @@ class JamService:
             jam.sections.pop()
             jam.active_at = time.time()
             await self.keep(jam)
-            await self._strike(jam, section, by)
-            await self._refresh(jam)
+            await self.thread.strike(jam, section, by)
+            await self.thread.refresh(jam)
             return f"Dropped section {section.number} ({safe(section.prompt, 80)}). The jam is {jam.seconds:.1f} s."
-
-    async def _strike(self, jam: Jam, section: Section, by: int) -> None:
-        if section.message_id is None:
-            return
-        with contextlib.suppress(discord.HTTPException):
-            await self.thread(jam).get_partial_message(section.message_id).edit(
-                content=f"↩️ Section {section.number} was undone by <@{by}>.",
-                allowed_mentions=discord.AllowedMentions.none())
 
     async def end(self, jam: Jam, reason: str) -> None:
         """Close the jam: its running section is cancelled, waiting ones dropped; the final track is posted in
@@ -369,7 +297,7 @@ class JamService:
                                                                "so it was not made.")
         if running is not None and running.job_id is not None:
             self.bot.pipeline.engine.cancel(running.job_id, "the jam ended")
-        await self._post_final(jam, reason, dropped)
+        await self.thread.post_final(jam, reason, dropped)
 
     async def _close(self, jam: Jam, reason: str, notice: str) -> tuple[Waiting | None, list[Waiting]]:
         """Mark the jam closed (the lock is held) and tell the sections that had not started ``notice``; returns
@@ -389,39 +317,6 @@ class JamService:
             await self._reply_for(jam, item).edit_status(text)
         except discord.HTTPException:  # its token has expired: the jam's final post names it
             log.info("jam %s: could not update the message of a dropped section", jam.id)
-
-    async def _post_final(self, jam: Jam, reason: str, dropped: list[Waiting]) -> None:
-        files, why = await self._track_files(jam)
-        note = f" {why}" if why else ""
-        text = (f"🏁 This jam has ended ({reason}). The final track, {jam.seconds:.1f} s, {render.credits(jam)}.{note}"
-                if jam.sections else f"🏁 This jam has ended ({reason}) before any section was made.")
-        text += "".join(f"\n↩️ Not made: <@{item.author_id}>'s {safe(item.prompt, 60)}" for item in dropped)
-        try:
-            await self.thread(jam).send(text[:2000], embed=render.card(jam), files=files,
-                                        allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException:
-            log.warning("jam %s: could not post its final track", jam.id, exc_info=True)
-        await self._archive(jam)
-
-    async def _archive(self, jam: Jam) -> None:
-        if jam.thread_id == jam.channel_id:
-            return
-        try:
-            await self.bot.http.edit_channel(jam.thread_id, archived=True)
-        except discord.HTTPException as exc:
-            log.info("jam %s: could not archive thread %s (%s)", jam.id, jam.thread_id, exc.status)
-
-    async def _thread_gone(self, jam: Jam) -> bool:
-        """Whether the jam's thread was deleted (asked only when a section failed: its post may be why)."""
-        if jam.thread_id == jam.channel_id:
-            return False
-        try:
-            await self.bot.fetch_channel(jam.thread_id)
-        except discord.NotFound:
-            return True
-        except discord.HTTPException:
-            return False
-        return False
 
     async def _orphaned(self, jam: Jam) -> None:
         """Close a jam whose thread is gone (the lock is held): nothing more can be posted there, so its
