@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.batching import PROMPTS, offline_tokenizer
+from benchmarks.machine import describe_machine
 from generation.backends.base import GenerationTask
 from generation.backends.checkpoints import write_random_checkpoint
 from generation.jobs import SamplingParams
@@ -154,11 +155,11 @@ def main() -> int:
     parser.add_argument("--buckets", default="1,4,8", help="jobs at once, comma-separated")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print(f"no CUDA device (torch {torch.__version__} sees none): nothing to measure")
+        print(f"{describe_machine()}; no CUDA device (torch sees none): nothing to measure")
         return 0
     warnings.filterwarnings("ignore")
     buckets = [int(part) for part in args.buckets.split(",")]
-    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(f"{describe_machine()}; GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}")
     offline_tokenizer()
     with torch.no_grad(), tempfile.TemporaryDirectory() as directory:
         model_dir = write_random_checkpoint(Path(directory), scale="small", tokenizer="whitespace")
