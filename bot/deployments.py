@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bot.tickets import Ticket
@@ -39,9 +39,11 @@ class Deployment(Protocol):
 
     async def admit(
         self, ticket: Ticket, requests: Sequence[JobRequest], *, key: str, limits: UserLimits, exempt: bool,
-        active: int, reserved: int, metas: Sequence[str],
+        active: int, reserved: int, metas: Callable[[], Sequence[str]],
     ) -> None:
-        """Check (and charge) ``key``'s limits for ``ticket``; raises :class:`~generation.admission.RateLimited`."""
+        """Check (and charge) ``key``'s limits for ``ticket``; raises :class:`~generation.admission.RateLimited`.
+        ``active``, ``reserved``: the user's live tickets and the jobs reserved but not queued (in process);
+        ``metas``: each job's own record, for other bots (on Redis)."""
 
     def refund(self, ticket: Ticket) -> None:
         """Give back what admitting ``ticket`` charged (it never started)."""
@@ -56,7 +58,8 @@ class Deployment(Protocol):
         """The bot is done with the job: posted, or its user told why not."""
 
     async def shutdown(self, grace: float, tasks: set[asyncio.Task[None]]) -> None:
-        """Stop the engine, giving the work under way ``grace`` seconds; ``tasks``: the tickets' own."""
+        """Stop the engine, giving the work under way ``grace`` seconds; ``tasks``: the tickets' own (the caller
+        awaits them after)."""
 
 
 class InProcess:
@@ -70,7 +73,7 @@ class InProcess:
 
     async def admit(
         self, ticket: Ticket, requests: Sequence[JobRequest], *, key: str, limits: UserLimits, exempt: bool,
-        active: int, reserved: int, metas: Sequence[str],
+        active: int, reserved: int, metas: Callable[[], Sequence[str]],
     ) -> None:
         queued = len(self.engine.positions()) + reserved + len(requests) - 1
         self.admission.admit(key, limits, active=active, queued_total=queued, exempt=exempt, tokens=ticket.tokens)
@@ -102,7 +105,6 @@ class InProcess:
             await asyncio.wait(running, timeout=grace)
         await self.engine.close("paused")
         await asyncio.gather(*running, return_exceptions=True)
-        await _drain(tasks)
 
 
 class OnRedis:
@@ -118,10 +120,10 @@ class OnRedis:
 
     async def admit(
         self, ticket: Ticket, requests: Sequence[JobRequest], *, key: str, limits: UserLimits, exempt: bool,
-        active: int, reserved: int, metas: Sequence[str],
+        active: int, reserved: int, metas: Callable[[], Sequence[str]],
     ) -> None:
         ticket.handles += await self.engine.admit(  # one request counts one, however many takes (as in process)
-            requests, limits=limits, key=key, exempt=exempt, metas=metas, job_ids=ticket.job_ids, charge=1,
+            requests, limits=limits, key=key, exempt=exempt, metas=metas(), job_ids=ticket.job_ids, charge=1,
             tokens=ticket.tokens,
         )
         ticket.reserved = 0
@@ -143,14 +145,7 @@ class OnRedis:
         await self.engine.close("paused")
         if tasks:
             await asyncio.wait(set(tasks), timeout=grace)
-        await _drain(tasks)
 
 
 def deployment_for(engine: Engine | RemoteEngine, admission: Admission) -> Deployment:
     return OnRedis(engine) if isinstance(engine, RemoteEngine) else InProcess(engine, admission)
-
-
-async def _drain(tasks: set[asyncio.Task[None]]) -> None:
-    """Await every task in ``tasks``, including those started meanwhile."""
-    while tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -146,8 +146,8 @@ class Pipeline:
             ticket, requests, key=key, limits=limits, exempt=exempt,
             active=len(self.tickets_of(asker.user_id, asker.guild_id)),
             reserved=sum(ticket.reserved for ticket in self._tickets if not ticket.handles),
-            metas=[self._record(ticket, job_id, request).model_dump_json()  # a job's own record, for other bots
-                   for job_id, request in zip(ticket.job_ids, requests, strict=True)],
+            metas=lambda: [self._record(ticket, job_id, request).model_dump_json()
+                           for job_id, request in zip(ticket.job_ids, requests, strict=True)],
         )
         self._tickets.add(ticket)
         return ticket
@@ -436,6 +436,8 @@ class Pipeline:
         self.accepting = False
         self.stopping = True
         await self.deployment.shutdown(grace, self._tasks)
+        while self._tasks:  # including those started meanwhile
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- adopting (Redis) -----------------------------------------------------------------------
     async def _adopt(self, job_id: str, request: JobRequest, meta: str | None) -> JobHandle | None:
