@@ -4,12 +4,13 @@
 
 The decode loop attends each job over its own fp32 keys/values (``generation.backends.attention``):
 that is what keeps a job's music independent of its batch, and the only part of a step whose
-cost grows with every job (the linears are padded to one row class). This times the per-job
-calls of one step at musicgen-small's shapes (24 layers, 16 heads of 64, a cond and a null
-row per job, 12 text positions), each layer with its own caches as in the model, and prints
-ms per step and the ratio to one job at the same length. On a CPU the growth is the memory
-traffic of the caches; it is why a long request runs slower beside others on 2 cores
-(``benchmarks/continuous.py``), where a GPU's step cost is nearly flat.
+cost grows with every job (the linears are padded to one row class). This times the decoder's
+own per-job loops (``attend_own_caches``, ``attend_own_texts``) for one step at musicgen-small's
+shapes (24 layers, 16 heads of 64, a cond and a null row per job, 12 text positions), each layer
+with its own caches as in the model, and prints ms per step and the ratio to one job at the same
+length. On a CPU each job costs its calls plus the memory traffic of its caches; that is why a
+long request runs slower beside others on 2 cores (``benchmarks/continuous.py``), where a GPU's
+step cost should be nearly flat.
 """
 
 from __future__ import annotations
@@ -21,36 +22,33 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import describe_machine
+from generation.backends.attention import JobAttentionState, Segment, StepContext, attend_own_caches, attend_own_texts
 
 LAYERS, HEADS, HEAD_DIM, TEXT = 24, 16, 64, 12
 
 
+def _job(length: int) -> JobAttentionState:
+    """A job with ``length`` positions in its caches (one cache per layer, as in the model) and its text's keys."""
+    def pair(positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(2, HEADS, positions, HEAD_DIM), torch.randn(2, HEADS, positions, HEAD_DIM)
+
+    return JobAttentionState(caches=[pair(length + 1) for _ in range(LAYERS)],
+                             text=[pair(TEXT) for _ in range(LAYERS)], position=length)
+
+
 def step_ms(jobs: int, length: int, repeats: int) -> float:
-    """Median ms of one step's per-job attention calls (self over ``length`` cached positions, and cross)."""
-    capacity = length + 1
-    caches = [[(torch.randn(2, HEADS, capacity, HEAD_DIM), torch.randn(2, HEADS, capacity, HEAD_DIM))
-               for _ in range(jobs)] for _ in range(LAYERS)]
-    texts = [[(torch.randn(2, HEADS, TEXT, HEAD_DIM), torch.randn(2, HEADS, TEXT, HEAD_DIM))
-              for _ in range(jobs)] for _ in range(LAYERS)]
-    q, k = torch.randn(2 * jobs, HEADS, 1, HEAD_DIM), torch.randn(2 * jobs, HEADS, 1, HEAD_DIM)
+    """Median ms of one step's per-job attention (every layer's self- and cross-attention loops over the jobs)."""
+    context = StepContext([Segment(slice(2 * job, 2 * job + 2), _job(length)) for job in range(jobs)], steps=1)
+    q, k, v = (torch.randn(2 * jobs, HEADS, 1, HEAD_DIM) for _ in range(3))
 
     def once() -> None:
-        for layer in range(LAYERS):  # as JobSelfAttention / JobCrossAttention do it, per job
-            out = torch.zeros_like(q)
-            for job, (keys, values) in enumerate(caches[layer]):
-                rows = slice(2 * job, 2 * job + 2)
-                keys[:, :, length:capacity] = k[rows]
-                values[:, :, length:capacity] = k[rows]
-                out[rows] = F.scaled_dot_product_attention(q[rows], keys, values)
-            cross = torch.zeros_like(q)
-            for job, (keys, values) in enumerate(texts[layer]):
-                rows = slice(2 * job, 2 * job + 2)
-                cross[rows] = F.scaled_dot_product_attention(q[rows], keys, values)
+        for layer in range(LAYERS):  # the loops JobSelfAttention and JobCrossAttention run
+            attend_own_caches(q, k, v, context, layer, as_float32=False)
+            attend_own_texts(q, context, layer)
 
     once()
     times = []

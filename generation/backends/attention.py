@@ -94,28 +94,43 @@ class JobSelfAttention(nn.Module):
             return self.inner(query, key, value, **kwargs)  # type: ignore[no-any-return]
         packed = rearrange(self.in_proj(query), "b t (p h d) -> b h p t d", p=3, h=self.heads)
         q, k, v = packed.unbind(dim=2)
-        out = q.new_zeros(q.shape, dtype=torch.float32 if self.inner.attention_as_float32 else q.dtype)
-        steps = context.steps
-        for segment in context.segments:
-            keys, values = segment.state.caches[self.index]
-            start = segment.state.position
-            end = start + steps
-            keys[:, :, start:end] = k[segment.rows]
-            values[:, :, start:end] = v[segment.rows]
-            out[segment.rows] = _attend(self.inner, q[segment.rows], keys[:, :, :end], values[:, :, :end], start)
+        out = attend_own_caches(q, k, v, context, self.index, self.inner.attention_as_float32)
         x = rearrange(out.to(query.dtype), "b h t d -> b t (h d)")
         return self.inner.out_proj(x), None
 
 
-def _attend(
-    inner: StreamingMultiheadAttention, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+def attend_own_caches(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: StepContext, index: int, as_float32: bool
 ) -> torch.Tensor:
+    """Self-attention layer ``index``, job by job: each job's new keys/values ``k``/``v`` [R, h, t, d] go into its
+    own cache at its own position, and its rows of ``q`` attend over its cache up to there."""
+    out = q.new_zeros(q.shape, dtype=torch.float32 if as_float32 else q.dtype)
+    for segment in context.segments:
+        keys, values = segment.state.caches[index]
+        start = segment.state.position
+        end = start + context.steps
+        keys[:, :, start:end] = k[segment.rows]
+        values[:, :, start:end] = v[segment.rows]
+        out[segment.rows] = _attend(q[segment.rows], keys[:, :, :end], values[:, :, :end], start, as_float32)
+    return out
+
+
+def attend_own_texts(q: torch.Tensor, context: StepContext, index: int) -> torch.Tensor:
+    """Cross-attention layer ``index``, job by job: each job's rows of ``q`` over its own text keys/values."""
+    out = torch.zeros_like(q)
+    for segment in context.segments:
+        keys, values = segment.state.text[index]
+        out[segment.rows] = F.scaled_dot_product_attention(q[segment.rows], keys, values)
+    return out
+
+
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, as_float32: bool) -> torch.Tensor:
     """Causal attention of ``q`` (positions ``start`` on) over ``keys``/``values`` (positions 0 on)."""
     mask = None
     steps = q.shape[2]
     if steps > 1:  # a prefill chunk: query i sees keys up to start + i
         mask = torch.ones(steps, start + steps, dtype=torch.bool, device=q.device).tril(diagonal=start)
-    if inner.attention_as_float32:
+    if as_float32:
         q, keys, values = q.float(), keys.float(), values.float()
     # A single-step query needs no mask, so torch may pick its fused kernel (stock audiocraft's
     # call on a grown cache takes the math path).
@@ -159,10 +174,7 @@ class JobCrossAttention(nn.Module):
         q = self._split(q)
         if self.inner.attention_as_float32:
             q = q.float()
-        out = torch.zeros_like(q)
-        for segment in context.segments:
-            keys, values = segment.state.text[self.index]
-            out[segment.rows] = F.scaled_dot_product_attention(q[segment.rows], keys, values)
+        out = attend_own_texts(q, context, self.index)
         x = rearrange(out.to(query.dtype), "b h t d -> b t (h d)")
         return self.inner.out_proj(x), None
 
