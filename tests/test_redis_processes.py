@@ -74,7 +74,10 @@ async def test_two_workers_share_the_jobs_and_batch_them(
     workers.start()
     workers.start()
     await both_up(redis_jobs, workers)
-    ids = await admit(redis_jobs, tiny_model_dir, 12, duration=2.0)
+    # queued in one atomic step (one admission: one owner). Admitted one by one, idle workers took each as it
+    # came, one job per take, so whether any take held two depended on timing.
+    requests = [request(tiny_model_dir, index, 2.0).model_copy(update={"owner": "user0"}) for index in range(12)]
+    ids = await redis_jobs.admit(requests, limits=NO_LIMITS)
 
     async def all_done() -> bool:
         return len(await finished(redis_jobs, ids)) == len(ids)
