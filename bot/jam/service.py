@@ -28,7 +28,7 @@ from bot.delivery import codes_path
 from bot.errors import UserError, user_message
 from bot.jam import render
 from bot.jam.model import CONTEXT_SECONDS, Jam, JamState, Section, Waiting, check_add, check_may_change
-from bot.jam.store import JamStore, blob_name
+from bot.jam.store import JamStore, blob_name, section_blob
 from bot.jam.thread import JamThread
 from bot.journal import JobRecord, State
 from bot.pipeline import Asker
@@ -188,7 +188,7 @@ class JamService:
         if jam.sections:
             assert jam.frame_rate is not None
             frames = round(CONTEXT_SECONDS * jam.frame_rate)
-            codes = [codes_of(await self.thread.blob(jam, section.number, "codes"))
+            codes = [codes_of(await section_blob(self.store, jam.id, section.number, "codes"))
                      for section in last_sections(jam, frames)]
             context = tail(codes, frames)
             item.context_frames = int(context.shape[1])

@@ -37,6 +37,14 @@ def blob_name(number: int, kind: str) -> str:
     return f"{number}:{kind}"
 
 
+async def section_blob(store: JamStore, jam_id: str, number: int, kind: str) -> bytes:
+    """A section's kept ``kind`` (see :func:`blob_name`); a missing one is an error (every posted section has both)."""
+    data = await store.get_blob(jam_id, blob_name(number, kind))
+    if data is None:
+        raise RuntimeError(f"jam {jam_id}: section {number}'s {kind} is missing")
+    return data
+
+
 class JamStore(Protocol):
     async def save(self, jam: Jam) -> None: ...
     async def get(self, jam_id: str) -> Jam | None: ...

@@ -16,7 +16,7 @@ import discord
 from bot.delivery import slug
 from bot.jam import render
 from bot.jam.model import Jam, Section, Waiting
-from bot.jam.store import JamStore, blob_name
+from bot.jam.store import JamStore, section_blob
 from bot.reply import only_user
 from bot.ui.text import safe
 from generation.encode import EncodedAudio
@@ -38,15 +38,9 @@ class JamThread:
         self.store = store
         self.keep = keep
 
-    async def blob(self, jam: Jam, number: int, kind: str) -> bytes:
-        data = await self.store.get_blob(jam.id, blob_name(number, kind))
-        if data is None:
-            raise RuntimeError(f"jam {jam.id}: section {number}'s {kind} is missing")
-        return data
-
     async def track(self, jam: Jam, max_bytes: int | None) -> EncodedAudio:
         """Every section spliced at its context boundary (50 ms crossfade), encoded under ``max_bytes``."""
-        parts = [Part(await self.blob(jam, section.number, "audio"), section.context_seconds)
+        parts = [Part(await section_blob(self.store, jam.id, section.number, "audio"), section.context_seconds)
                  for section in jam.sections]
         segment = await asyncio.to_thread(splice, parts)
         return await asyncio.to_thread(encode_segment, segment, OutputFormat(jam.format), max_bytes)
