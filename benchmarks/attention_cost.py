@@ -11,6 +11,13 @@ with its own caches as in the model, and prints ms per step and the ratio to one
 length. On a CPU each job costs its calls plus the memory traffic of its caches; that is why a
 long request runs slower beside others on 2 cores (``benchmarks/continuous.py``), where a GPU's
 step cost should be nearly flat.
+
+The queries, keys and values come from a projection laid out as the swapped linear form
+(``(W x^T)^T``, the fp32 form load-time measurement picks on many CPUs) returns it: a transposed
+view. Side by side it times them split as the decoder does (``split_heads``: one copy per layer,
+so every per-job call gets a contiguous last dimension and PyTorch's fused CPU kernel) and split
+as plain views of that projection (what the decoder did until 2026-12-03: PyTorch falls back to
+its math path), and prints the ratio.
 """
 
 from __future__ import annotations
@@ -25,25 +32,50 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from einops import rearrange
+
 from benchmarks.machine import describe_machine
-from generation.backends.attention import JobAttentionState, Segment, StepContext, attend_own_caches, attend_own_texts
+from generation.backends.attention import (
+    JobAttentionState,
+    Segment,
+    StepContext,
+    attend_own_caches,
+    attend_own_texts,
+    split_heads,
+)
 
 LAYERS, HEADS, HEAD_DIM, TEXT = 24, 16, 64, 12
 
 
-def _job(length: int) -> JobAttentionState:
-    """A job with ``length`` positions in its caches (one cache per layer, as in the model) and its text's keys."""
-    def pair(positions: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randn(2, HEADS, positions, HEAD_DIM), torch.randn(2, HEADS, positions, HEAD_DIM)
+def _projected(rows: int, positions: int, parts: int, views: bool) -> tuple[torch.Tensor, ...]:
+    """``parts`` tensors [rows, heads, positions, d] from a swapped-form projection (a transposed view), split as
+    the decoder does or as plain views of it."""
+    projected = torch.randn(parts * HEADS * HEAD_DIM, rows * positions).T.reshape(rows, positions, -1)
+    if views:
+        return tuple(rearrange(projected, "b t (p h d) -> b h p t d", p=parts, h=HEADS).unbind(dim=2))
+    return split_heads(projected, HEADS, parts)
 
-    return JobAttentionState(caches=[pair(length + 1) for _ in range(LAYERS)],
-                             text=[pair(TEXT) for _ in range(LAYERS)], position=length)
+
+def _job(length: int, views: bool) -> JobAttentionState:
+    """A job with ``length`` positions in its caches (one cache per layer, as in the model; written by the decoder,
+    so contiguous) and its text's keys/values (projected once per job)."""
+    def cache() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(2, HEADS, length + 1, HEAD_DIM), torch.randn(2, HEADS, length + 1, HEAD_DIM)
+
+    def text() -> tuple[torch.Tensor, torch.Tensor]:
+        (keys,) = _projected(2, TEXT, 1, views)
+        (values,) = _projected(2, TEXT, 1, views)
+        return keys, values
+
+    return JobAttentionState(caches=[cache() for _ in range(LAYERS)], text=[text() for _ in range(LAYERS)],
+                             position=length)
 
 
-def step_ms(jobs: int, length: int, repeats: int) -> float:
+def step_ms(jobs: int, length: int, repeats: int, views: bool = False) -> float:
     """Median ms of one step's per-job attention (every layer's self- and cross-attention loops over the jobs)."""
-    context = StepContext([Segment(slice(2 * job, 2 * job + 2), _job(length)) for job in range(jobs)], steps=1)
-    q, k, v = (torch.randn(2 * jobs, HEADS, 1, HEAD_DIM) for _ in range(3))
+    context = StepContext([Segment(slice(2 * job, 2 * job + 2), _job(length, views)) for job in range(jobs)],
+                          steps=1)
+    q, k, v = _projected(2 * jobs, 1, 3, views)
 
     def once() -> None:
         for layer in range(LAYERS):  # the loops JobSelfAttention and JobCrossAttention run
@@ -73,6 +105,13 @@ def main() -> None:
             cells = [step_ms(count, length, args.repeats) for count in jobs]
             row = "  ".join(f"{count} jobs {ms:6.1f} ({ms / cells[0]:4.1f}x)" for count, ms in zip(jobs, cells,
                                                                                                  strict=True))
+            print(f"  cache {length:4d}: {row}")
+        print("the same, split as plain views of the projection (PyTorch's math path), ms (ratio to split_heads):")
+        for length in (int(part) for part in args.lengths.split(",")):
+            pairs = [(step_ms(count, length, args.repeats, views=True), step_ms(count, length, args.repeats))
+                     for count in jobs]
+            row = "  ".join(f"{count} jobs {old:6.1f} ({old / new:4.1f}x)" for count, (old, new) in zip(jobs, pairs,
+                                                                                                        strict=True))
             print(f"  cache {length:4d}: {row}")
 
 

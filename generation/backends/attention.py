@@ -92,11 +92,18 @@ class JobSelfAttention(nn.Module):
         context = self.shared.context
         if context is None:
             return self.inner(query, key, value, **kwargs)  # type: ignore[no-any-return]
-        packed = rearrange(self.in_proj(query), "b t (p h d) -> b h p t d", p=3, h=self.heads)
-        q, k, v = packed.unbind(dim=2)
+        q, k, v = split_heads(self.in_proj(query), self.heads, parts=3)
         out = attend_own_caches(q, k, v, context, self.index, self.inner.attention_as_float32)
         x = rearrange(out.to(query.dtype), "b h t d -> b t (h d)")
         return self.inner.out_proj(x), None
+
+
+def split_heads(projected: torch.Tensor, heads: int, parts: int) -> tuple[torch.Tensor, ...]:
+    """A projection ``[R, T, parts * heads * d]`` as ``parts`` tensors ``[R, heads, T, d]`` whose last dimension is
+    contiguous. PyTorch's fused CPU attention kernel needs that (else it falls back to the math path, 2-4x slower
+    at decode shapes), and the swapped linear form's output is a transposed view: it is copied once per layer."""
+    packed = rearrange(projected.contiguous(), "b t (p h d) -> b h p t d", p=parts, h=heads)
+    return tuple(packed.unbind(dim=2))
 
 
 def attend_own_caches(
@@ -152,7 +159,8 @@ class JobCrossAttention(nn.Module):
         )
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(x, "b t (h d) -> b h t d", h=self.heads)
+        (heads,) = split_heads(x, self.heads, parts=1)
+        return heads
 
     def project_text(self, text: torch.Tensor) -> KeyValue:
         """Keys and values of a job's text embedding [2, T, D]: done once per job."""
