@@ -20,6 +20,10 @@ throughput no lower.
 Also measured in the same run, to show where the time of the slowest requests goes:
 
 * for the 8 s requests, the median wait (request to start of decoding) and run (start to file);
+* per mode, how busy the engine was: the share of the span in which some request was between
+  its start of decoding and its file. The arrival rate is set from a capacity measured once,
+  before the runs, and this machine's speed drifts (the floor moved from 82 s to 64 s between two
+  invocations): static's busy share is the check that a run's stream loaded it as meant (~70%);
 * the floor: one 8 s request alone in a fresh engine, request to file. No 8 s request can be
   served faster than that, and p95 of 24 requests is the second slowest, so it is at least
   the floor, whatever the batching. ``static p95 / floor`` is the best p95 ratio this stream
@@ -70,6 +74,7 @@ class Outcome:
     audio: float  # seconds of audio delivered
     long_waits: list[float]  # request -> start of decoding, per 8 s request
     long_runs: list[float]  # start of decoding -> file, per 8 s request
+    busy: float  # share of the span in which some request was between start of decoding and its file
 
     @property
     def throughput(self) -> float:
@@ -86,6 +91,16 @@ def stream(seed: int, rate: float) -> list[Arrival]:
         arrivals.append(Arrival(at, duration, PROMPTS[index % len(PROMPTS)], index))
         at += rng.expovariate(rate)
     return arrivals
+
+
+def busy_share(intervals: list[tuple[float, float]], span: float) -> float:
+    """The share of ``span`` covered by the union of ``intervals`` (start of decoding -> file, per request)."""
+    covered, reach = 0.0, float("-inf")
+    for begin, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(begin, reach)
+            reach = end
+    return covered / span
 
 
 def settings(model_dir: Path, batching: str) -> EngineSettings:
@@ -132,20 +147,21 @@ def serve(model_dir: Path, batching: str, arrivals: list[Arrival]) -> Outcome:
         async with Engine(settings(model_dir, batching)) as engine:
             await _warm(engine, model_dir)
 
-            async def one(arrival: Arrival) -> tuple[float, float]:
+            async def one(arrival: Arrival) -> tuple[float, float, float]:
                 await asyncio.sleep(max(0.0, start + arrival.at - time.monotonic()))
                 asked = time.monotonic()
                 handle = engine.submit(request(model_dir, arrival))
                 await handle.result()
                 assert handle.started_at is not None
-                return time.monotonic() - asked, handle.started_at - asked
+                return time.monotonic() - asked, handle.started_at - asked, asked - start
 
             start = time.monotonic()
             timings = await asyncio.gather(*(one(arrival) for arrival in arrivals))
             span = time.monotonic() - start
         long = [timing for timing, arrival in zip(timings, arrivals, strict=True) if arrival.duration == LONG]
-        return Outcome([latency for latency, _ in timings], span, sum(arrival.duration for arrival in arrivals),
-                       [wait for _, wait in long], [latency - wait for latency, wait in long])
+        busy = busy_share([(at + wait, at + latency) for latency, wait, at in timings], span)
+        return Outcome([latency for latency, _, _ in timings], span, sum(arrival.duration for arrival in arrivals),
+                       [wait for _, wait, _ in long], [latency - wait for latency, wait, _ in long], busy)
 
     return asyncio.run(run())
 
@@ -160,7 +176,7 @@ def row(name: str, outcome: Outcome) -> str:
     wait, run = statistics.median(outcome.long_waits), statistics.median(outcome.long_runs)
     return (f"  {name:<11} p50 {p50:6.1f} s  p95 {p95:6.1f} s  max {max(outcome.latencies):6.1f} s  "
             f"throughput {outcome.throughput:.3f} audio-s/s  {LONG:g} s requests (medians): wait {wait:5.1f} s, "
-            f"run {run:5.1f} s")
+            f"run {run:5.1f} s  busy {outcome.busy:.0%}")
 
 
 def main() -> None:
