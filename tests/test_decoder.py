@@ -139,8 +139,8 @@ def test_a_prompt_the_conditioner_rejects_fails_alone(backend: MusicGenBackend, 
 
 def test_decode_steps_take_the_fused_attention_kernel(backend: MusicGenBackend) -> None:
     """Every per-job attention call of a text-only job goes to PyTorch's fused CPU kernel. Its inputs need a contiguous
-    last dimension; the swapped linear form returns a transposed view, which sent every call to the math path (about
-    1.3-2.5x slower per call at musicgen-small's shapes, ``benchmarks/attention_cost.py``) until the split copied it."""
+    last dimension; the swapped linear form returns a transposed view, which sent every call to the math path (up to
+    2.6x slower per step at musicgen-small's shapes, ``benchmarks/attention_cost.py``) until the split copied it."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         run(backend, [SHORT, GREEDY])
     calls = {event.key: event.count for event in profiler.key_averages()}
