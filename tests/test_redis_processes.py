@@ -52,9 +52,10 @@ def workers(redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path) -> 
     pool.stop()
 
 
-def request(model_dir: Path, index: int, duration: float) -> JobRequest:
-    return JobRequest.create(prompt=f"tune {index}", model=str(model_dir), duration=duration, owner=f"user{index}",
-                             format=OutputFormat.WAV, seed=index)
+def request(model_dir: Path, index: int, duration: float, owner: str | None = None) -> JobRequest:
+    """Job ``index``; its owner is ``user<index>`` unless ``owner`` is given."""
+    return JobRequest.create(prompt=f"tune {index}", model=str(model_dir), duration=duration,
+                             owner=owner or f"user{index}", format=OutputFormat.WAV, seed=index)
 
 
 async def admit(jobs: RedisJobs, model_dir: Path, count: int, duration: float) -> list[str]:
@@ -76,7 +77,7 @@ async def test_two_workers_share_the_jobs_and_batch_them(
     await both_up(redis_jobs, workers)
     # queued in one atomic step (one admission: one owner). Admitted one by one, idle workers took each as it
     # came, one job per take, so whether any take held two depended on timing.
-    requests = [request(tiny_model_dir, index, 2.0).model_copy(update={"owner": "user0"}) for index in range(12)]
+    requests = [request(tiny_model_dir, index, 2.0, owner="user0") for index in range(12)]
     ids = await redis_jobs.admit(requests, limits=NO_LIMITS)
 
     async def all_done() -> bool:
