@@ -10,12 +10,18 @@ it times, side by side in one run (calls interleaved, fastest of ``--repeats`` k
 
 * ``F.linear``: ``x @ W.T`` (stock PyTorch / audiocraft),
 * ``swapped``: ``(W @ x.T).T``,
+* ``packed``: oneDNN's matmul on the weight reordered once (``mkldnn._linear_pointwise``; where
+  this PyTorch has oneDNN),
 * ``bf16``: bf16 weights, the input cast to bf16 and the output back (precision's Bf16Linear),
 * ``int8``: qint8 weights, rows scaled one by one (precision's Int8Linear),
 * ``int8 stock``: plain ``quantize_dynamic`` (one activation scale for all rows), for reference.
 
 Then the linears of one whole decode step (24 layers, 4 heads) at 1 and 8 jobs, each form
 padded as its row classes need on this machine, and what ``apply_precision`` picks here.
+
+Each weight is timed call after call, so it may stay in the CPU's caches, which a real step
+(hundreds of MB of weights) never does: the ratios show the kernels, ``benchmarks/decode.py``
+the loop.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +48,8 @@ from generation.backends.precision import (
     Int8Linear,
     apply_precision,
     linear,
+    pack_weight,
+    packed_available,
     row_padding,
 )
 
@@ -74,9 +83,13 @@ def stock_int8(weight: torch.Tensor) -> Compute:
 
 
 def variants(weight: torch.Tensor) -> dict[str, Compute]:
+    packed: dict[str, Compute] = {}
+    if packed_available():
+        packed["packed"] = partial(linear, weight=pack_weight(weight), bias=None, form="packed")
     return {
         "F.linear": lambda x: F.linear(x, weight),
         "swapped": lambda x: linear(x, weight, None, "swapped"),
+        **packed,
         "bf16": Bf16Linear(weight, None),
         "int8": Int8Linear(weight, None),
         "int8 stock": stock_int8(weight),

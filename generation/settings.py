@@ -45,9 +45,9 @@ class EngineSettings(BaseSettings):
         "auto", validation_alias=AliasChoices("JAMGEN_PRECISION", "precision"),
         description="auto: fp32 on the CPU, fp16 on CUDA; bf16 and int8 are opt-in CPU speed modes",
     )
-    linear: Literal["auto", "linear", "swapped"] = Field(
+    linear: Literal["auto", "linear", "swapped", "packed"] = Field(
         "auto", validation_alias=AliasChoices("JAMGEN_LINEAR", "linear"),
-        description="the CPU matmul form of the decode loop's linears: auto measures both at load",
+        description="the CPU matmul form of the decode loop's linears: auto measures each at load",
     )
     prefill_chunk: int = Field(
         64, ge=1, le=1024, validation_alias=AliasChoices("JAMGEN_PREFILL_CHUNK", "prefill_chunk"),

@@ -32,7 +32,7 @@ def run(backend: MusicGenBackend, tasks: list[GenerationTask], **listener_args: 
     return listener
 
 
-@pytest.fixture(scope="module", params=["linear", "swapped"], ids=["F.linear", "swapped"])
+@pytest.fixture(scope="module", params=["linear", "swapped", "packed"], ids=["F.linear", "swapped", "packed"])
 def backend(request: pytest.FixtureRequest, tiny_words_model_dir: Path) -> MusicGenBackend:
     loaded = tiny_backend(tiny_words_model_dir, linear=request.param)
     loaded.load()

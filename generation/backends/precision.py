@@ -17,13 +17,19 @@ returns a :class:`PrecisionPlan`. The decoder then pads every decode step of ``j
 Modes (:func:`resolve_mode` turns ``auto`` and the device into one, and refuses the pairs
 that make no sense with a :class:`~generation.errors.ModelLoadError`):
 
-* ``fp32`` (CPU): each linear runs in one of two forms, ``linear`` (``F.linear(x, W)``)
-  or ``swapped`` (``(W @ xᵀ)ᵀ``), chosen by :func:`measure_forms` at load unless forced.
-  Which is faster depends on the CPU's BLAS (the swapped form is ~3x faster with few rows
-  on an AMD EPYC without AMX, 0.7x on an Intel Xeon with AMX), so it is measured on the
-  model's largest feed-forward weight and its packed in_proj, at the row counts the decoder
-  will really use: 1 job and 8 jobs (2 rows per job with classifier-free guidance), each
-  padded as the form needs.
+* ``fp32`` (CPU): each linear runs in one of three forms, ``linear`` (``F.linear(x, W)``),
+  ``swapped`` (``(W @ xᵀ)ᵀ``) or ``packed`` (oneDNN's matmul on a weight reordered once at
+  load into its blocked layout, PyTorch's ``mkldnn._linear_pointwise``, the kernel PyTorch's own
+  compiler uses for CPU linears), chosen by :func:`measure_forms` at load unless forced.
+  Which is fastest depends on the CPU and its BLAS (the swapped form is ~3x faster than
+  ``F.linear`` with few rows on an AMD EPYC without AMX, 0.7x on an Intel Xeon with AMX), so
+  it is measured on the model's largest feed-forward weight and its packed in_proj, at the
+  row counts the decoder will really use: 1 job and 8 jobs (2 rows per job with
+  classifier-free guidance), each padded as the form needs. The packed form holds its own
+  reordered copy of each weight: the replaced layer's weight is dropped, so memory grows only
+  by the weights another module still holds (the attention in_proj weights that audiocraft's
+  stock attention uses: about 3/8 of the transformer's). It exists where PyTorch has its
+  oneDNN CPU kernels (:func:`packed_available`).
 * ``bf16`` (CPU): weights stored in bf16; each linear casts its input to bf16 and its
   output back to fp32. Norms, attention and softmax stay fp32 (torch 2.1's CPU bf16
   attention is very slow at decode shapes). Without AVX-512 BF16 / AMX it is slower than fp32.
@@ -43,8 +49,9 @@ call, and for some counts on its slot too. Measured with MKL (torch 2.1, AMD EPY
 threads): ``F.linear`` works in blocks of 4 rows, and below 12 rows the rows of a
 last, incomplete block get other bits; so a row's bits are the same at any count >= 12, or
 at any multiple of 4. The swapped form needs >= 12 (its 4-11 rows are not one class: at 5-7
-rows every row differs). With 1 thread ``F.linear`` is stable from 4 rows on. bf16 and the
-row-scaled int8 give the same bits at every count. Since this depends on the BLAS, the
+rows every row differs). With 1 thread ``F.linear`` is stable from 4 rows on. bf16, the
+row-scaled int8 and (on that EPYC, at 1 and 2 threads) the packed form give the same bits at
+every count, so they need no padding: a lone job's step has 2 rows, not 16. Since this depends on the BLAS, the
 CPU and the thread count, :func:`probe_row_classes` measures it at load for the computation
 the plan uses, and :func:`choose_padding` picks the cheapest padding that lands on stable
 counts (:class:`RowPadding`: at least ``min_rows``, a multiple of ``row_multiple``). A count's
@@ -63,7 +70,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cache, partial
 from typing import Literal, cast
 
 import torch
@@ -77,9 +84,9 @@ from generation.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 Mode = Literal["fp32", "bf16", "int8", "fp16"]
-Form = Literal["linear", "swapped"]
+Form = Literal["linear", "swapped", "packed"]
 MODES: tuple[Mode, ...] = ("fp32", "bf16", "int8", "fp16")
-FORMS: tuple[Form, ...] = ("linear", "swapped")
+FORMS: tuple[Form, ...] = ("linear", "swapped", "packed")
 CPU_MODES: tuple[Mode, ...] = ("fp32", "bf16", "int8")
 CUDA_MODES: tuple[Mode, ...] = ("fp32", "fp16")
 PROBE_COUNTS = (*range(1, 25), 32, 40)  # the row counts at which probe_row_classes compares a row's bits
@@ -176,34 +183,68 @@ def resolve_mode(requested: str, device: str) -> Mode:
     return mode
 
 
-# -- the two fp32 forms -------------------------------------------------------------------------
+# -- the fp32 forms ------------------------------------------------------------------------------
+
+PACK_ROWS_HINT = ROWS_PER_JOB * max(MEASURED_JOBS)  # oneDNN's batch-size hint for the reordered layout
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` reordered for the ``packed`` form: an opaque oneDNN tensor (a copy)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), PACK_ROWS_HINT)
+
+
+@cache
+def packed_available() -> bool:
+    """Whether this PyTorch has the oneDNN CPU kernels of the ``packed`` form (and they compute a linear)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with torch.no_grad():
+            out = linear(torch.ones(2, 8), pack_weight(torch.ones(4, 8)), torch.ones(4), "packed")
+    except (RuntimeError, AttributeError) as exc:
+        log.info("the packed linear form is not available here: %r", exc)
+        return False
+    return torch.equal(out, torch.full((2, 4), 9.0))
+
+
+def available_forms() -> tuple[Form, ...]:
+    return FORMS if packed_available() else ("linear", "swapped")
 
 
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, form: Form = "linear"
 ) -> torch.Tensor:
-    """``x @ weight.T + bias`` as ``F.linear`` or, on the CPU, as ``(weight @ x.T).T``."""
-    if form == "linear" or x.device.type != "cpu":
+    """``x @ weight.T + bias`` as ``F.linear``; on the CPU also as ``(weight @ x.T).T`` (``swapped``) or with a
+    weight from :func:`pack_weight` (``packed``)."""
+    if form == "linear" or (form == "swapped" and x.device.type != "cpu"):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()
-    if bias is not None:
-        out = out + bias
+    flat = x.reshape(rows, x.shape[-1])
+    if form == "packed":
+        out = torch.ops.mkldnn._linear_pointwise(flat.contiguous(), weight, bias, "none", [], "")
+    else:
+        out = torch.mm(weight, flat.t()).t()
+        if bias is not None:
+            out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 class FormLinear(nn.Module):
-    """An fp32 linear computed in a fixed form; holds the replaced layer's own parameters."""
+    """An fp32 linear computed in a fixed form. ``linear`` and ``swapped`` hold the replaced layer's own
+    parameters; ``packed`` holds a reordered copy of the weight instead (and the layer's bias)."""
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, form: Form) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.weight = weight
+        self.weight: nn.Parameter | None = None if form == "packed" else weight
+        self.packed: torch.Tensor | None = pack_weight(weight) if form == "packed" else None
         self.bias = bias
         self.form: Form = form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.form)
+        matrix = self.packed if self.packed is not None else self.weight
+        assert matrix is not None
+        return linear(x, matrix, self.bias, self.form)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, form={self.form}"
@@ -338,7 +379,8 @@ def measure_counts(
     cases = []
     for weight in weights:
         x = torch.randn(max(counts), weight.shape[1])
-        cases += [(rows, partial(linear, x[:rows].contiguous(), weight, None, form)) for rows in counts]
+        matrix = _form_weight(weight, form)
+        cases += [(rows, partial(linear, x[:rows].contiguous(), matrix, None, form)) for rows in counts]
     costs = dict.fromkeys(counts, 0.0)
     for (rows, _), seconds in zip(cases, _fastest([call for _, call in cases], repeats), strict=True):
         costs[rows] += seconds
@@ -361,19 +403,19 @@ def measure_forms(
     jobs: Sequence[int] = MEASURED_JOBS,
     repeats: int = 3,
 ) -> dict[Form, float]:
-    """Seconds per form for one linear of each weight at each decode step size (``jobs``), summed.
+    """Seconds per form of ``padding`` for one linear of each weight at each decode step size (``jobs``), summed.
 
-    A step of ``j`` jobs has ``2 * j`` rows, padded as the form needs. Calls of both forms
+    A step of ``j`` jobs has ``2 * j`` rows, padded as the form needs. Calls of all forms
     are interleaved and the fastest of ``repeats`` is kept, so load on the machine weighs
-    on both alike.
+    on each alike.
     """
     cases: list[tuple[Form, Callable[[], object]]] = []
     for weight in weights:
-        counts = {form: [padding[form].padded_rows(ROWS_PER_JOB * j) for j in jobs] for form in FORMS}
+        counts = {form: [padding[form].padded_rows(ROWS_PER_JOB * j) for j in jobs] for form in padding}
         x = torch.randn(max(max(rows) for rows in counts.values()), weight.shape[1])
-        cases += [(form, partial(linear, x[:rows].contiguous(), weight, None, form))
-                  for form in FORMS for rows in counts[form]]
-    costs: dict[Form, float] = dict.fromkeys(FORMS, 0.0)
+        cases += [(form, partial(linear, x[:rows].contiguous(), _form_weight(weight, form), None, form))
+                  for form in padding for rows in counts[form]]
+    costs: dict[Form, float] = dict.fromkeys(padding, 0.0)
     for (form, _), seconds in zip(cases, _fastest([call for _, call in cases], repeats), strict=True):
         costs[form] += seconds
     return costs
@@ -432,8 +474,13 @@ def _rewrite(found: list[tuple[nn.Module, str, nn.Linear]], mode: Mode, form: Fo
     return len(replaced)
 
 
+def _form_weight(weight: torch.Tensor, form: Form) -> torch.Tensor:
+    """The weight as ``form`` takes it."""
+    return pack_weight(weight) if form == "packed" else weight
+
+
 def _in_form(weight: torch.Tensor, form: Form) -> Callable[[torch.Tensor], torch.Tensor]:
-    return partial(linear, weight=weight, bias=None, form=form)
+    return partial(linear, weight=_form_weight(weight, form), bias=None, form=form)
 
 
 def _cpu_linear_plan(mode: Mode, layers: list[nn.Linear], requested: str) -> LinearPlan:
@@ -446,9 +493,9 @@ def _cpu_linear_plan(mode: Mode, layers: list[nn.Linear], requested: str) -> Lin
         form = cast(Form, requested)
         return LinearPlan(form, _measured_padding(probe, _representative_weights(layers), form), "forced")
     weights = _representative_weights(layers)
-    padding = {form: _measured_padding(probe, weights, form) for form in FORMS}
+    padding = {form: _measured_padding(probe, weights, form) for form in available_forms()}
     costs = measure_forms(weights, padding)
-    chosen: Form = "swapped" if costs["swapped"] < costs["linear"] else "linear"
+    chosen = min(costs, key=lambda form: costs[form])  # a tie keeps the first: F.linear
     return LinearPlan(chosen, padding[chosen], "measured", {name: round(value, 6) for name, value in costs.items()})
 
 
@@ -463,15 +510,18 @@ def _measured_padding(probe: torch.Tensor, weights: Sequence[torch.Tensor], form
 
 def _check_form_request(mode: Mode, kind: str, requested: str) -> None:
     if requested not in ("auto", *FORMS):
-        raise ModelLoadError(f"Unknown linear form '{requested}': use auto, linear or swapped.")
-    if requested == "swapped" and not (mode == "fp32" and kind == "cpu"):
-        raise ModelLoadError(f"The swapped linear form is for fp32 on the CPU, not {mode} on {kind}: use auto.")
+        raise ModelLoadError(f"Unknown linear form '{requested}': use auto, linear, swapped or packed.")
+    if requested in ("swapped", "packed") and not (mode == "fp32" and kind == "cpu"):
+        raise ModelLoadError(f"The {requested} linear form is for fp32 on the CPU, not {mode} on {kind}: use auto.")
+    if requested == "packed" and not packed_available():
+        raise ModelLoadError("The packed linear form needs PyTorch's oneDNN (mkldnn) CPU kernels, which this "
+                             "PyTorch lacks: use auto.")
 
 
 def apply_precision(modules: Sequence[nn.Module], mode: str, device: str, linear: str = "auto") -> PrecisionPlan:
     """Put every ``nn.Linear`` under ``modules`` in precision ``mode`` (``auto`` allowed) on ``device``.
 
-    ``linear`` forces the fp32 CPU form (``linear`` or ``swapped``); ``auto`` measures both.
+    ``linear`` forces the fp32 CPU form (``linear``, ``swapped`` or ``packed``); ``auto`` measures each.
     Raises :class:`ModelLoadError` for a mode or form the device cannot run.
     """
     start = time.perf_counter()
