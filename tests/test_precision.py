@@ -401,6 +401,24 @@ def test_this_pytorch_has_the_packed_form() -> None:
     assert packed_available()
 
 
+def test_bf16_takes_the_packed_weights_where_they_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    weight, x = torch.randn(64, 48), torch.randn(3, 48)
+    expected = F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16)).float()
+    layers = nn.ModuleList([nn.Linear(48, 64, bias=False)])
+    layers[0].weight = nn.Parameter(weight)
+    plan = apply_precision([layers], "bf16", "cpu")
+    assert plan.linear.form == "packed" and layers[0].weight is None and layers[0].packed.is_mkldnn
+    with torch.no_grad():
+        torch.testing.assert_close(layers[0](x), expected, rtol=2e-2, atol=2e-2)
+    monkeypatch.setattr(precision, "packed_available", lambda: False)
+    plain = nn.ModuleList([nn.Linear(48, 64, bias=False)])
+    plain[0].weight = nn.Parameter(weight)
+    plan = apply_precision([plain], "bf16", "cpu")
+    assert plan.linear.form == "linear" and plain[0].weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(plain[0](x), expected)
+
+
 # -- row classes ----------------------------------------------------------------------------------
 
 
