@@ -12,7 +12,8 @@ it times, side by side in one run (calls interleaved, fastest of ``--repeats`` k
 * ``swapped``: ``(W @ x.T).T``,
 * ``packed``: oneDNN's matmul on the weight reordered once (``mkldnn._linear_pointwise``; where
   this PyTorch has oneDNN),
-* ``bf16``: bf16 weights, the input cast to bf16 and the output back (precision's Bf16Linear),
+* ``bf16``: bf16 weights, the input cast to bf16 and the output back (precision's Bf16Linear, on
+  oneDNN's reordered weights where this PyTorch has them, as the bf16 mode runs),
 * ``int8``: qint8 weights, rows scaled one by one (precision's Int8Linear),
 * ``int8 stock``: plain ``quantize_dynamic`` (one activation scale for all rows), for reference.
 
@@ -90,7 +91,7 @@ def variants(weight: torch.Tensor) -> dict[str, Compute]:
         "F.linear": lambda x: F.linear(x, weight),
         "swapped": lambda x: linear(x, weight, None, "swapped"),
         **packed,
-        "bf16": Bf16Linear(weight, None),
+        "bf16": Bf16Linear(weight, None, "packed" if packed else "linear"),  # as apply_precision builds it
         "int8": Int8Linear(weight, None),
         "int8 stock": stock_int8(weight),
     }
