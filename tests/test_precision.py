@@ -396,6 +396,20 @@ def test_without_onednn_auto_measures_the_two_blas_forms_and_packed_is_refused(
     assert type(layers[0]) is nn.Linear
 
 
+def test_auto_never_picks_a_form_without_a_row_class_over_one_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A form whose rows change bits at every count would break the batching guarantee, however fast it is."""
+    real = precision._measured_padding
+
+    def padding(probe: torch.Tensor, weights: list[torch.Tensor], form: str) -> RowPadding:
+        return RowPadding(1, 1, invariant=False) if form == "packed" else real(probe, weights, form)
+
+    monkeypatch.setattr(precision, "_measured_padding", padding)
+    costs = {"linear": 3.0, "swapped": 2.0, "packed": 1.0}  # packed the fastest
+    monkeypatch.setattr(precision, "measure_forms", lambda weights, paddings: costs)
+    plan = apply_precision([nn.ModuleList([nn.Linear(32, 96, bias=False)])], "fp32", "cpu")
+    assert plan.linear.form == "swapped" and plan.linear.padding.invariant
+
+
 def test_this_pytorch_has_the_packed_form() -> None:
     """The pinned torch (2.1, x86-64 wheels) ships oneDNN: auto must be able to measure the packed form here."""
     assert packed_available()

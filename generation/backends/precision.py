@@ -517,7 +517,8 @@ def _cpu_linear_plan(mode: Mode, layers: list[nn.Linear], requested: str) -> Lin
     weights = _representative_weights(layers)
     padding = {form: _measured_padding(probe, weights, form) for form in available_forms()}
     costs = measure_forms(weights, padding)
-    chosen = min(costs, key=lambda form: costs[form])  # a tie keeps the first: F.linear
+    keeping = [form for form in costs if padding[form].invariant] or list(costs)  # forms with a row class first
+    chosen = min(keeping, key=lambda form: costs[form])  # a tie keeps the first: F.linear
     return LinearPlan(chosen, padding[chosen], "measured", {name: round(value, 6) for name, value in costs.items()})
 
 
